@@ -1,0 +1,605 @@
+"""Recording: in-graph ring buffers and detector, host-side writing.
+
+The work is split in two so that it runs under XLA and never costs a host
+synchronisation per step:
+
+* `Recorder.push` runs inside the training step (eager, `tf.function`, XLA,
+  replica context). It computes the step's statistics, runs the online spike
+  detector and stores one row per step into ring buffers held in variables.
+* `Recorder.flush` runs on the host, outside any compiled function, every
+  `window` steps or so. It reads the rings once, writes every step's global
+  row, one per-variable aggregate per window, and the full per-variable rows
+  of the steps around whatever the detector flagged (and of the first steps).
+  Summaries are written there, never inside the compiled step.
+
+The format written is described in FORMAT.md.
+"""
+
+import json
+import logging
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+from tb_stability import _stats
+from tb_stability import metadata
+from tb_stability._slots import OptimizerAdapter
+
+logger = logging.getLogger("tb_stability")
+
+_G = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
+_S = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
+_LOG_FLOOR = 1e-38
+_LN2 = math.log(2.0)
+
+
+def in_xla_context():
+    """Whether the code being traced will be compiled by XLA."""
+    if tf.executing_eagerly():
+        return False
+    graph = tf.compat.v1.get_default_graph()
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def _replica_count():
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return 0  # cross-replica context
+    return ctx.num_replicas_in_sync
+
+
+class _WarnOnce:
+    """Logs each distinct key once: instrumentation must never spam."""
+
+    def __init__(self):
+        self._seen = set()
+
+    def __call__(self, key, message, *args, level=logging.WARNING):
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        logger.log(level, message, *args)
+
+
+warn_once = _WarnOnce()
+
+
+class Recorder:
+    """Records stability evidence for one optimizer and variable list.
+
+    Arguments:
+      logdir: directory of the run's event file; None to write nothing (a
+        non-chief worker).
+      optimizer: the Keras optimizer (possibly a `LossScaleOptimizer`).
+      variables: the trainable variables, in a fixed order.
+      window: steps per written window (global rows and per-variable
+        aggregates are written once per window).
+      detail_before, detail_after: per-variable rows kept around each step
+        the detector flags.
+      first_steps: per-variable rows kept for the first steps recorded.
+      steps_per_call: steps that may run between two host calls (Keras's
+        `steps_per_execution`); sizes the rings.
+      input_features: number of input features when inputs are recorded.
+      loss_z, grad_z: detector z-score thresholds (log space) for a loss jump
+        and a gradient-norm outlier.
+      rms_threshold: detector threshold on RMS(g^2/v_hat).
+      median_every: steps between two medians of sqrt(v_hat)/eps.
+      initial_step: the step of the first row when steps are not given.
+      flush_secs: a partial window is written when this many seconds passed
+        since the last write, so a live run shows up in TensorBoard.
+    """
+
+    def __init__(
+        self,
+        logdir,
+        optimizer,
+        variables,
+        *,
+        window=256,
+        detail_before=32,
+        detail_after=8,
+        first_steps=50,
+        steps_per_call=1,
+        input_features=None,
+        loss_z=6.0,
+        grad_z=6.0,
+        rms_threshold=3.0,
+        median_every=10,
+        initial_step=0,
+        flush_secs=30.0,
+    ):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.logdir = logdir
+        self.adapter = OptimizerAdapter(optimizer)
+        self.variables = list(variables)
+        self.names = [getattr(v, "path", None) or v.name for v in self.variables]
+        self.window = int(window)
+        self.detail_before = int(detail_before)
+        self.detail_after = int(detail_after)
+        self.first_steps = int(first_steps)
+        self.loss_z = float(loss_z)
+        self.grad_z = float(grad_z)
+        self.rms_threshold = float(rms_threshold)
+        self.median_every = max(1, int(median_every))
+        self.flush_secs = float(flush_secs)
+        self.input_features = input_features
+        self.capacity = 2 * (self.window + max(1, int(steps_per_call))) + 64
+        self._vstats = _stats.VariableStats(self.adapter, self.variables)
+        self._var_index = {}
+        for i, v in enumerate(self.variables):
+            self._var_index[id(v)] = i
+            # Keras variables wrap a tf.Variable, which is what the backend's
+            # all-reduce pairs gradients with.
+            inner = getattr(v, "_value", None)
+            if inner is not None:
+                self._var_index.setdefault(id(inner), i)
+        self._make_state(int(initial_step))
+        # Host-side state.
+        self._writer = None
+        self._seen = 0  # rows processed by flush
+        self._detail_written = -1  # last row written in detail
+        self._flag_rows = []  # recent flagged rows
+        self._win_rows = []  # (step, global row) of the open window
+        self._win_max = None
+        self._win_sum = None
+        self._win_n = 0
+        self._inp_win = None
+        self._last_write = time.monotonic()
+        self._info_written = False
+        self._broken = False
+        if self.adapter.is_adam is False:
+            warn_once(
+                ("no-adam", self.adapter.name),
+                "tb_stability: %s has no Adam moments; recording gradients, "
+                "weights and update ratios only.",
+                self.adapter.name,
+            )
+
+    # State -----------------------------------------------------------------
+
+    def _variable(self, value, dtype):
+        return tf.Variable(
+            value,
+            dtype=dtype,
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_WRITE,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def _make_state(self, initial_step):
+        R, V, S, G = (
+            self.capacity,
+            len(self.variables),
+            len(metadata.STAT_COLUMNS),
+            len(metadata.GLOBAL_COLUMNS),
+        )
+        with tf.init_scope():
+            self._count = self._variable(0, tf.int64)
+            self._next_step = self._variable(initial_step, tf.int64)
+            self._steps = self._variable(tf.zeros([R], tf.int64), tf.int64)
+            self._global = self._variable(tf.zeros([R, G]), tf.float32)
+            self._layers = self._variable(tf.zeros([R, V, S]), tf.float32)
+            self._median = self._variable(
+                tf.fill([V], float("nan")), tf.float32
+            )
+            # loss_mu, loss_var, grad_mu, grad_var, n (log space EMAs)
+            self._detector = self._variable(tf.zeros([5]), tf.float32)
+            F = self._vstats.input_rows
+            self._input_rows = (
+                self._variable(tf.zeros([R, F]), tf.float32) if F else None
+            )
+            self._inputs = (
+                self._variable(
+                    tf.zeros([R, self.input_features, 4]), tf.float32
+                )
+                if self.input_features
+                else None
+            )
+
+    def reset_step(self, step):
+        """Sets the step of the next row (host call; e.g. after a restore)."""
+        self._next_step.assign(int(step))
+
+    # In-graph --------------------------------------------------------------
+
+    def order_grads(self, grads, variables):
+        """Reorders (grads, variables) into this recorder's variable order."""
+        ordered = [None] * len(self.variables)
+        for g, v in zip(grads, variables):
+            i = self._var_index.get(id(v))
+            if i is not None:
+                ordered[i] = g
+        return ordered
+
+    def push(
+        self,
+        loss,
+        grads,
+        *,
+        weights_before=None,
+        batch_size=None,
+        inputs=None,
+        step=None,
+    ):
+        """Records one training step (runs in the graph of the step).
+
+        Arguments:
+          loss: scalar loss of this step (as a tensor); NaN if unknown.
+          grads: one gradient per recorder variable (None allowed), already
+            all-reduced when training is distributed.
+          weights_before: optional weight values before the update.
+          batch_size: optional scalar.
+          inputs: optional input batch (features on the last axis).
+          step: optional explicit step; else the recorder's own counter.
+        """
+        count = self._count.read_value()
+        first = count < self.first_steps
+        with_median = tf.logical_or(
+            tf.equal(count % self.median_every, 0), first
+        )
+        stats, input_rows, medians = self._vstats.compute(
+            grads,
+            weights_before=weights_before,
+            with_median=with_median,
+            median_carry=self._median.read_value(),
+        )
+        glob = _stats.global_from_stats(stats, self._vstats.rms_mask)
+        loss = tf.reshape(tf.cast(loss, tf.float32), [])
+        loss_bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
+        nonfinite = glob["nonfinite"] + loss_bad
+        flags, detector = self._detect(
+            loss, glob["grad_norm"], glob["rms_ratio_max"], nonfinite
+        )
+        nan = tf.constant(float("nan"))
+        scale = self.adapter.loss_scale()
+        values = {
+            "loss": loss,
+            "grad_norm": glob["grad_norm"],
+            "learning_rate": self.adapter.learning_rate(),
+            "batch_size": nan
+            if batch_size is None
+            else tf.cast(tf.reshape(batch_size, []), tf.float32),
+            "rms_ratio_max": glob["rms_ratio_max"],
+            "nonfinite": nonfinite,
+            "update_ratio": glob["update_ratio"],
+            "weight_norm": glob["weight_norm"],
+            "loss_scale": nan if scale is None else tf.reshape(scale, []),
+            "flags": flags,
+            "eff_step_max": glob["eff_step_max"],
+        }
+        row = tf.stack([values[name] for name in metadata.GLOBAL_COLUMNS])
+        if step is None:
+            step_t = self._next_step.read_value()
+        else:
+            step_t = tf.cast(tf.reshape(step, []), tf.int64)
+        index = [[count % self.capacity]]
+        self._steps.scatter_nd_update(index, [step_t])
+        self._global.scatter_nd_update(index, [row])
+        self._layers.scatter_nd_update(index, [stats])
+        if self._input_rows is not None:
+            if input_rows is None:
+                input_rows = tf.fill([self._vstats.input_rows], float("nan"))
+            self._input_rows.scatter_nd_update(index, [input_rows])
+        if self._inputs is not None:
+            if inputs is None:
+                in_stats = tf.fill([self.input_features, 4], float("nan"))
+            else:
+                in_stats = _stats.input_stats(inputs)
+            self._inputs.scatter_nd_update(index, [in_stats])
+        self._median.assign(medians)
+        self._detector.assign(detector)
+        self._next_step.assign(step_t + 1)
+        return self._count.assign_add(1)
+
+    def _detect(self, loss, grad_norm, rms_ratio_max, nonfinite):
+        """The online detector: flags for this step and the new state.
+
+        A loss jump (or gradient-norm outlier) is a value above its running
+        log-space mean by more than z running standard deviations and by at
+        least a factor 2; the running statistics are EMAs (about 64 steps)
+        fed with winsorised values, so a spike does not mask the next one.
+        """
+        state = self._detector.read_value()
+        loss_mu, loss_var, grad_mu, grad_var, n = tf.unstack(state)
+        warm = n >= 16.0
+        x = tf.math.log(tf.maximum(loss, _LOG_FLOOR))
+        y = tf.math.log(tf.maximum(grad_norm, _LOG_FLOOR))
+
+        def outlier(value, mu, var, z):
+            excess = value - mu
+            limit = tf.maximum(z * tf.sqrt(var), _LN2)
+            return tf.logical_and(
+                warm,
+                tf.logical_and(tf.math.is_finite(value), excess > limit),
+            )
+
+        loss_jump = outlier(x, loss_mu, loss_var, self.loss_z)
+        grad_jump = outlier(y, grad_mu, grad_var, self.grad_z)
+        bad = nonfinite > 0
+        rms = tf.logical_and(
+            tf.math.is_finite(rms_ratio_max), rms_ratio_max > self.rms_threshold
+        )
+        flags = (
+            tf.cast(loss_jump, tf.float32) * metadata.FLAG_LOSS_JUMP
+            + tf.cast(grad_jump, tf.float32) * metadata.FLAG_GRAD_OUTLIER
+            + tf.cast(bad, tf.float32) * metadata.FLAG_NONFINITE
+            + tf.cast(rms, tf.float32) * metadata.FLAG_RMS_RATIO
+        )
+        alpha = tf.where(warm, 1.0 / 64.0, 1.0 / (n + 1.0))
+
+        def update(value, mu, var):
+            clipped = tf.where(
+                warm, tf.minimum(value, mu + 3.0 * tf.sqrt(var)), value
+            )
+            ok = tf.math.is_finite(clipped)
+            delta = clipped - mu
+            new_mu = mu + alpha * delta
+            new_var = (1.0 - alpha) * (var + alpha * delta * delta)
+            return tf.where(ok, new_mu, mu), tf.where(ok, new_var, var)
+
+        loss_mu, loss_var = update(x, loss_mu, loss_var)
+        grad_mu, grad_var = update(y, grad_mu, grad_var)
+        finite = tf.logical_and(tf.math.is_finite(x), tf.math.is_finite(y))
+        n = n + tf.cast(finite, tf.float32)
+        return flags, tf.stack([loss_mu, loss_var, grad_mu, grad_var, n])
+
+    # Host ------------------------------------------------------------------
+
+    def _get_writer(self):
+        if self._writer is None and self.logdir is not None:
+            self._writer = tf.summary.create_file_writer(
+                self.logdir, max_queue=64, flush_millis=10_000
+            )
+        return self._writer
+
+    def run_info(self, extra=None):
+        """The JSON-able description written once as `run_info`."""
+        info = {
+            "format_version": metadata.CONTENT_VERSION,
+            "optimizer": self.adapter.describe(),
+            "variables": [
+                {"name": n, "shape": [d if d is not None else -1 for d in v.shape]}
+                for n, v in zip(self.names, self.variables)
+            ],
+            "stat_columns": list(metadata.STAT_COLUMNS),
+            "global_columns": list(metadata.GLOBAL_COLUMNS),
+            "window_aggregates": list(metadata.WINDOW_AGGREGATES),
+            "window": self.window,
+            "detail_before": self.detail_before,
+            "detail_after": self.detail_after,
+            "first_steps": self.first_steps,
+            "detector": {
+                "loss_z": self.loss_z,
+                "grad_z": self.grad_z,
+                "rms_threshold": self.rms_threshold,
+            },
+            "input_kernel": None
+            if self._vstats.input_index is None
+            else self.names[self._vstats.input_index],
+            "input_features": self.input_features,
+        }
+        if extra:
+            info.update(extra)
+        return info
+
+    def flush(self, final=False, extra_info=None):
+        """Writes what the rings hold (host call, outside compiled code).
+
+        Arguments:
+          final: write the open window even if it is short (end of training).
+          extra_info: dict merged into `run_info` when it is first written.
+
+        Never raises: an error is logged once and recording stops.
+        """
+        if self._broken:
+            return
+        try:
+            self._flush(final, extra_info)
+        except Exception as e:  # pylint: disable=broad-except
+            self._broken = True
+            logger.warning(
+                "tb_stability: writing failed, recording stops (training "
+                "goes on): %s: %s", type(e).__name__, e, exc_info=True
+            )
+
+    def _flush(self, final, extra_info):
+        count = int(self._count.numpy())
+        R = self.capacity
+        if count > self._seen:
+            start = max(self._seen, count - R)
+            if start > self._seen:
+                warn_once(
+                    "lost-rows",
+                    "tb_stability: %d steps were overwritten before they could "
+                    "be written; flush more often (a Monitor under "
+                    "jit_compile needs monitor.flush() after each call).",
+                    start - self._seen,
+                )
+            self._process(start, count, extra_info)
+            self._seen = count
+        due = final or self._win_n >= self.window or (
+            self._win_n > 0
+            and time.monotonic() - self._last_write > self.flush_secs
+        )
+        if due and self._win_n > 0:
+            self._write_window()
+        if final and self._writer is not None:
+            self._writer.flush()
+
+    def _process(self, start, count, extra_info):
+        R = self.capacity
+        idx = np.arange(start, count) % R
+        steps = self._steps.numpy()[idx]
+        glob = self._global.numpy()[idx]
+        layers_all = self._layers.numpy()
+        input_rows_all = (
+            self._input_rows.numpy() if self._input_rows is not None else None
+        )
+        inputs_all = self._inputs.numpy() if self._inputs is not None else None
+        writer = self._get_writer()
+        if writer is not None and not self._info_written:
+            info = self.run_info(extra_info)
+            with writer.as_default():
+                tf.summary.write(
+                    metadata.TAG_RUN_INFO,
+                    tf.constant(json.dumps(info)),
+                    step=int(steps[0]),
+                    metadata=metadata.create_summary_metadata("run_info"),
+                )
+            self._info_written = True
+
+        flags = glob[:, _G["flags"]]
+        for r, f in zip(range(start, count), flags):
+            if f != 0:
+                self._flag_rows.append(r)
+        # Window aggregates over the new rows.
+        new_layers = layers_all[idx]
+        self._accumulate(steps, glob, new_layers,
+                         None if inputs_all is None else inputs_all[idx])
+        # Detail rows: ascending, each written once, only while in the ring.
+        lo = max(self._detail_written + 1, count - R)
+        self._flag_rows = [
+            f for f in self._flag_rows if f + self.detail_after >= lo
+        ]
+        wanted = [
+            r
+            for r in range(lo, count)
+            if r < self.first_steps
+            or any(
+                f - self.detail_before <= r <= f + self.detail_after
+                for f in self._flag_rows
+            )
+        ]
+        if writer is None:
+            if wanted:
+                self._detail_written = wanted[-1]
+            return
+        all_steps = self._steps.numpy()
+        with writer.as_default():
+            for r in wanted:
+                i = r % R
+                step = int(all_steps[i])
+                tf.summary.write(
+                    metadata.TAG_LAYERS_DETAIL,
+                    layers_all[i],
+                    step=step,
+                    metadata=metadata.create_summary_metadata("layers_detail"),
+                )
+                if input_rows_all is not None:
+                    tf.summary.write(
+                        metadata.TAG_INPUT_GRAD_ROWS,
+                        input_rows_all[i],
+                        step=step,
+                        metadata=metadata.create_summary_metadata(
+                            "input_grad_rows"
+                        ),
+                    )
+                if inputs_all is not None:
+                    tf.summary.write(
+                        metadata.TAG_INPUTS_DETAIL,
+                        inputs_all[i],
+                        step=step,
+                        metadata=metadata.create_summary_metadata("inputs_detail"),
+                    )
+                self._detail_written = r
+
+    def _accumulate(self, steps, glob, layers, inputs):
+        for k in range(len(steps)):
+            self._win_rows.append((int(steps[k]), glob[k]))
+        with np.errstate(invalid="ignore"):
+            batch_max = np.nanmax(
+                np.where(np.isnan(layers), -np.inf, layers), axis=0
+            )
+            batch_sum = np.nansum(layers, axis=0)
+            batch_n = np.sum(~np.isnan(layers), axis=0)
+        if self._win_max is None:
+            self._win_max, self._win_sum, self._win_cnt = (
+                batch_max, batch_sum, batch_n
+            )
+        else:
+            self._win_max = np.maximum(self._win_max, batch_max)
+            self._win_sum = self._win_sum + batch_sum
+            self._win_cnt = self._win_cnt + batch_n
+        if inputs is not None:
+            with np.errstate(invalid="ignore"):
+                agg = np.stack(
+                    [
+                        np.nanmean(inputs[:, :, 0], axis=0),
+                        np.nanmax(inputs[:, :, 1], axis=0),
+                        np.nanmin(inputs[:, :, 2], axis=0),
+                        np.nanmax(inputs[:, :, 3], axis=0),
+                    ],
+                    axis=1,
+                )
+            if self._inp_win is None:
+                self._inp_win = agg
+            else:
+                self._inp_win = np.stack(
+                    [
+                        (self._inp_win[:, 0] + agg[:, 0]) / 2.0,
+                        np.fmax(self._inp_win[:, 1], agg[:, 1]),
+                        np.fmin(self._inp_win[:, 2], agg[:, 2]),
+                        np.fmax(self._inp_win[:, 3], agg[:, 3]),
+                    ],
+                    axis=1,
+                )
+        self._win_n += len(steps)
+
+    def _write_window(self):
+        writer = self._get_writer()
+        last_step = self._win_rows[-1][0]
+        if writer is not None:
+            steps = np.array([s for s, _ in self._win_rows], dtype=np.int64)
+            rows = np.stack([g for _, g in self._win_rows]).astype(np.float32)
+            offsets = (steps - last_step).astype(np.float32)[:, None]
+            table = np.concatenate([offsets, rows], axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(
+                    self._win_cnt > 0, self._win_sum / np.maximum(self._win_cnt, 1),
+                    np.nan,
+                )
+            win_max = np.where(np.isneginf(self._win_max), np.nan, self._win_max)
+            agg = np.stack([win_max, mean], axis=-1).astype(
+                np.float32
+            )
+            with writer.as_default():
+                tf.summary.write(
+                    metadata.TAG_GLOBAL,
+                    table,
+                    step=last_step,
+                    metadata=metadata.create_summary_metadata("global"),
+                )
+                tf.summary.write(
+                    metadata.TAG_LAYERS_WINDOW,
+                    agg,
+                    step=last_step,
+                    metadata=metadata.create_summary_metadata("layers_window"),
+                )
+                if self._inp_win is not None:
+                    tf.summary.write(
+                        metadata.TAG_INPUTS_WINDOW,
+                        self._inp_win.astype(np.float32),
+                        step=last_step,
+                        metadata=metadata.create_summary_metadata(
+                            "inputs_window"
+                        ),
+                    )
+        self._win_rows = []
+        self._win_max = self._win_sum = self._win_cnt = None
+        self._inp_win = None
+        self._win_n = 0
+        self._last_write = time.monotonic()
+
+    def close(self):
+        """Writes everything left and closes the event file."""
+        self.flush(final=True)
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+            self._writer = None

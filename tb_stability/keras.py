@@ -1,0 +1,300 @@
+"""Keras: `StabilityCallback`, one line in `model.fit(callbacks=[...])`.
+
+Callbacks are not given gradients, and Keras's `logs["loss"]` is a running
+mean over the epoch that smears a one-batch spike. So the callback
+instruments the model's optimizer instead (instance attributes only, the
+class and its serialisation are untouched):
+
+* `scale_loss(loss)` receives each step's own loss inside `train_step`;
+* `apply(grads, variables)` receives each step's gradients (after loss-scale
+  unscaling, before clipping); after the update it pushes the step's
+  statistics into the recorder's ring buffers, in the graph, XLA included;
+* `_all_reduce_sum_gradients` hands over the all-reduced gradients under a
+  distribution strategy, so the norms recorded are the global ones.
+
+The callback itself only writes, outside the compiled step, once per window.
+"""
+
+import logging
+import weakref
+
+import keras
+import tensorflow as tf
+
+from tb_stability import _recorder
+from tb_stability import _slots
+
+logger = logging.getLogger("tb_stability")
+
+# optimizer -> _Instrumentation; weak so that nothing outlives the model.
+_INSTRUMENTED = weakref.WeakKeyDictionary()
+
+
+class _Instrumentation:
+    """Per-optimizer hooks and the recorder they feed."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.inner, self.lso = _slots.unwrap(optimizer)
+        self.model = None
+        self.recorder = None
+        self.recorder_kwargs = {}
+        self.logdir = None
+        self.traced = False
+        self.disabled = False
+        self.loss = None
+        self.reduced = None
+        self._batch_count_prev = None
+        self._originals = {}
+        self.capture_reduced = self.lso is None and not getattr(
+            self.inner, "gradient_accumulation_steps", None
+        )
+
+    # Installation ----------------------------------------------------------
+
+    def install(self):
+        opt, inner = self.optimizer, self.inner
+        self._patch(opt, "scale_loss", self._scale_loss)
+        self._patch(opt, "apply", self._apply)
+        if self.capture_reduced and hasattr(inner, "_all_reduce_sum_gradients"):
+            self._patch(inner, "_all_reduce_sum_gradients", self._all_reduce)
+
+    def _patch(self, obj, name, fn):
+        original = getattr(obj, name)
+        self._originals[(id(obj), name)] = (obj, name, original)
+        # object.__setattr__: Keras/TF attribute tracking must not see this.
+        object.__setattr__(obj, name, fn)
+
+    def original(self, obj, name):
+        return self._originals[(id(obj), name)][2]
+
+    # Hooks -----------------------------------------------------------------
+
+    def _scale_loss(self, loss):
+        if not self.disabled:
+            self.loss = loss
+        return self.original(self.optimizer, "scale_loss")(loss)
+
+    def _all_reduce(self, grads_and_vars):
+        reduced = self.original(self.inner, "_all_reduce_sum_gradients")(
+            grads_and_vars
+        )
+        if not self.disabled:
+            self.reduced = list(reduced)
+        return reduced
+
+    def _apply(self, grads, trainable_variables=None):
+        apply = self.original(self.optimizer, "apply")
+        if self.disabled:
+            return apply(grads, trainable_variables)
+        grads = list(grads)
+        try:
+            variables = (
+                list(trainable_variables)
+                if trainable_variables is not None
+                else list(self.inner._trainable_variables)
+            )
+            weights_before = [tf.convert_to_tensor(v) for v in variables]
+            scale = self.lso.dynamic_scale if self.lso is not None else None
+            scale = None if scale is None else tf.convert_to_tensor(scale)
+        except Exception as e:  # pylint: disable=broad-except
+            self._fail(e)
+            return apply(grads, trainable_variables)
+        self.reduced = None
+        result = apply(grads, trainable_variables)
+        try:
+            self._record(grads, variables, weights_before, scale)
+        except Exception as e:  # pylint: disable=broad-except
+            self._fail(e)
+        self.loss = None
+        self.reduced = None
+        return result
+
+    def _fail(self, error):
+        self.disabled = True
+        logger.warning(
+            "tb_stability: instrumentation failed and is switched off "
+            "(training goes on): %s: %s", type(error).__name__, error,
+            exc_info=True,
+        )
+
+    def _record(self, grads, variables, weights_before, scale):
+        if self.recorder is None:
+            self.recorder = _make_recorder(self, variables)
+        rec = self.recorder
+        replicas = _recorder._replica_count()
+        ctx = tf.distribute.get_replica_context()
+        if self.reduced is not None:
+            g_list = [g for g, _ in self.reduced]
+            v_list = [v for _, v in self.reduced]
+        else:
+            g_list, v_list = grads, variables
+            if replicas > 1:
+                present = [g for g in g_list if g is not None]
+                summed = iter(ctx.all_reduce(tf.distribute.ReduceOp.SUM, present))
+                g_list = [None if g is None else next(summed) for g in g_list]
+        if scale is not None:
+            g_list = [None if g is None else tf.cast(g, tf.float32) / scale
+                      for g in g_list]
+        ordered = rec.order_grads(g_list, v_list)
+        before = rec.order_grads(weights_before, variables)
+        loss = self.loss
+        if loss is None:
+            _recorder.warn_once(
+                "no-loss",
+                "tb_stability: train_step did not call optimizer.scale_loss; "
+                "the per-step loss is recorded as NaN.",
+            )
+            loss = tf.constant(float("nan"))
+        batch = self._batch_size()
+        if replicas > 1:
+            loss, batch = ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                [tf.cast(loss, tf.float32),
+                 tf.constant(float("nan")) if batch is None else batch],
+            )
+        if not tf.executing_eagerly():
+            self.traced = True
+        rec.push(loss, ordered, weights_before=before, batch_size=batch)
+
+    def _batch_size(self):
+        count = _slots.loss_tracker_count(self.model) if self.model else None
+        if count is None or self._batch_count_prev is None:
+            return None
+        now = tf.cast(tf.convert_to_tensor(count), tf.float32)
+        prev = self._batch_count_prev.read_value()
+        batch = tf.where(now >= prev, now - prev, now)
+        self._batch_count_prev.assign(now)
+        return batch
+
+    def make_batch_counter(self):
+        if self._batch_count_prev is None:
+            with tf.init_scope():
+                self._batch_count_prev = tf.Variable(
+                    0.0,
+                    trainable=False,
+                    synchronization=tf.VariableSynchronization.ON_WRITE,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+
+
+def _make_recorder(inst, variables):
+    with tf.init_scope():
+        initial_step = int(tf.convert_to_tensor(inst.optimizer.iterations).numpy())
+    return _recorder.Recorder(
+        inst.logdir, inst.optimizer, variables, initial_step=initial_step,
+        **inst.recorder_kwargs
+    )
+
+
+class StabilityCallback(keras.callbacks.Callback):
+    """Records what explains a training blow-up, for TensorBoard.
+
+    Usage, with no other change to the training code:
+
+        model.fit(x, y, callbacks=[StabilityCallback("logs/run1")])
+
+    Per step it records the loss, the global gradient norm, the learning
+    rate, the batch size and Adam's RMS(g^2/v_hat); per variable the gradient
+    and weight norms, non-finite counts, the update ratio and Adam's moments.
+    Steps continue across `fit` calls. Works with `jit_compile=True`,
+    `steps_per_execution > 1`, `LossScaleOptimizer` and `MirroredStrategy`.
+    Errors inside it are logged once; training always goes on.
+
+    Arguments:
+      logdir: the run's log directory (its event file goes there).
+      window: steps per written window (default 256).
+      detail_before, detail_after: per-variable detail kept around each step
+        the online detector flags (defaults 32 and 8).
+      first_steps: per-variable detail kept for the first steps (50).
+      loss_z, grad_z, rms_threshold: detector thresholds (see FORMAT.md).
+      flush_secs: longest time between two writes of a live run (30 s).
+    """
+
+    def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,
+                 first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=3.0,
+                 flush_secs=30.0):
+        super().__init__()
+        self.logdir = str(logdir)
+        self._recorder_kwargs = dict(
+            window=window, detail_before=detail_before,
+            detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
+            grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
+        )
+        self._inst = None
+        self._steps_since_flush = 0
+
+    @property
+    def recorder(self):
+        """The `Recorder` in use (None before training starts)."""
+        return None if self._inst is None else self._inst.recorder
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._begin()
+        except Exception as e:  # pylint: disable=broad-except
+            self._inst = None
+            logger.warning(
+                "tb_stability: could not instrument the optimizer, nothing "
+                "is recorded (training goes on): %s: %s",
+                type(e).__name__, e, exc_info=True,
+            )
+
+    def _begin(self):
+        model = self.model
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("the model has no optimizer; call compile() first")
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        inst = _INSTRUMENTED.get(optimizer)
+        if inst is None:
+            inst = _Instrumentation(optimizer)
+            inst.install()
+            _INSTRUMENTED[optimizer] = inst
+        inst.model = model
+        inst.disabled = False
+        kwargs = dict(self._recorder_kwargs, steps_per_call=spe)
+        if inst.recorder is not None and (
+            inst.recorder_kwargs != kwargs or inst.logdir != self.logdir
+        ):
+            # Another configuration: start a fresh recorder (steps continue
+            # from the optimizer's iterations) and retrace the step.
+            inst.recorder.close()
+            inst.recorder = None
+            inst.traced = False
+        inst.recorder_kwargs = kwargs
+        inst.logdir = self.logdir
+        strategy = model.distribute_strategy
+        with strategy.scope():
+            inst.make_batch_counter()
+            built_vars = list(model.trainable_variables)
+            if inst.recorder is None and built_vars and (
+                optimizer.built or tf.distribute.has_strategy()
+            ):
+                inst.recorder = _make_recorder(inst, built_vars)
+        if getattr(model, "train_function", None) is not None and not inst.traced:
+            # Traced before instrumentation (an earlier fit without us).
+            model.make_train_function(force=True)
+        self._inst = inst
+        self._steps_since_flush = 0
+        self._spe = spe
+
+    def on_train_batch_end(self, batch, logs=None):
+        inst = self._inst
+        if inst is None or inst.recorder is None:
+            return
+        self._steps_since_flush += self._spe
+        rec = inst.recorder
+        if self._steps_since_flush >= rec.window:
+            self._steps_since_flush = 0
+            rec.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        inst = self._inst
+        if inst is not None and inst.recorder is not None:
+            inst.recorder.flush()  # writes only a full or stale window
+
+    def on_train_end(self, logs=None):
+        inst = self._inst
+        if inst is not None and inst.recorder is not None:
+            inst.recorder.flush(final=True)

@@ -1,0 +1,184 @@
+"""Custom training loops: `Monitor`.
+
+    monitor = tb_stability.Monitor("logs/run1", optimizer=opt,
+                                   variables=model.trainable_variables)
+    for step, (x, y) in enumerate(data):
+        loss, grads = train_step(x, y)      # applies the gradients
+        monitor.record(step, loss, grads)
+
+`record` may also be called inside the `tf.function` that applies the
+gradients (after `apply_gradients`), including under `jit_compile=True`; see
+`Monitor.record` for how writing happens then.
+"""
+
+import logging
+
+import tensorflow as tf
+
+from tb_stability import _recorder
+
+logger = logging.getLogger("tb_stability")
+
+
+class Monitor:
+    """Records what explains a blow-up of a custom training loop.
+
+    Arguments:
+      logdir: the run's log directory.
+      optimizer: the Keras optimizer that applies the gradients (its Adam
+        moments are read after each update; any optimizer works, Adam-family
+        ones give the full Adam internals).
+      variables: the trainable variables, in the order `record` gets their
+        gradients.
+      input_features: number of input features, needed only when `record`
+        gets `inputs=` under a distribution strategy (elsewhere it is read
+        from the first batch).
+      window, detail_before, detail_after, first_steps, loss_z, grad_z,
+        rms_threshold, flush_secs: as for `keras.StabilityCallback`.
+
+    Usable as a context manager: leaving it writes everything and closes the
+    event file.
+    """
+
+    def __init__(self, logdir, optimizer, variables, *, input_features=None,
+                 window=256, detail_before=32, detail_after=8, first_steps=50,
+                 loss_z=6.0, grad_z=6.0, rms_threshold=3.0, flush_secs=30.0):
+        self.logdir = str(logdir)
+        self.optimizer = optimizer
+        self.variables = list(variables)
+        self._kwargs = dict(
+            window=window, detail_before=detail_before,
+            detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
+            grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
+        )
+        self._input_features = input_features
+        self._recorder = None
+        self._pending = 0
+        self._disabled = False
+        if not self.variables:
+            raise ValueError("Monitor needs the list of trainable variables")
+        if tf.distribute.has_strategy():
+            # Mirrored state must be created in the strategy's scope, not
+            # inside the replica function.
+            self._make_recorder(None)
+
+    @property
+    def recorder(self):
+        """The `Recorder` in use (None before the first `record`)."""
+        return self._recorder
+
+    def _make_recorder(self, inputs):
+        features = self._input_features
+        if features is None and inputs is not None:
+            shape = inputs.shape
+            features = 1 if len(shape) == 0 else int(shape[-1])
+        self._recorder = _recorder.Recorder(
+            self.logdir, self.optimizer, self.variables,
+            input_features=features, **self._kwargs
+        )
+
+    def record(self, step, loss, gradients, *, batch_size=None, inputs=None):
+        """Records one step; call it after the gradients were applied.
+
+        Arguments:
+          step: the step number (int or scalar tensor).
+          loss: the step's scalar loss.
+          gradients: one gradient per variable given to the constructor, in
+            that order (None for a variable without gradient).
+          batch_size: optional batch size of the step.
+          inputs: optional input batch; per-feature mean, std, min and max
+            (features on the last axis) are recorded.
+
+        In eager mode the summaries are written from here, once per window.
+        Inside a `tf.function` the write is triggered from the graph once per
+        window. Under `jit_compile=True` no summary can be written inside the
+        compiled function: call `monitor.flush()` after each call of it (it
+        reads one counter and writes only when a window is full). Under a
+        distribution strategy call it in the replica function: gradients and
+        loss are all-reduced (summed) for the statistics, and `flush()` is
+        called from the host loop, as under XLA.
+
+        Returns nothing. Never raises: an error is logged once and recording
+        stops, training goes on.
+        """
+        if self._disabled:
+            return
+        try:
+            self._record(step, loss, gradients, batch_size, inputs)
+        except Exception as e:  # pylint: disable=broad-except
+            self._disabled = True
+            logger.warning(
+                "tb_stability: Monitor.record failed and is switched off "
+                "(training goes on): %s: %s", type(e).__name__, e,
+                exc_info=True,
+            )
+
+    def _record(self, step, loss, gradients, batch_size, inputs):
+        gradients = list(gradients)
+        if len(gradients) != len(self.variables):
+            raise ValueError(
+                f"record() got {len(gradients)} gradients for "
+                f"{len(self.variables)} variables"
+            )
+        if self._recorder is None:
+            self._make_recorder(inputs)
+        rec = self._recorder
+        replicas = _recorder._replica_count()
+        if replicas > 1:
+            ctx = tf.distribute.get_replica_context()
+            present = [g for g in gradients if g is not None]
+            reduced = iter(ctx.all_reduce(tf.distribute.ReduceOp.SUM, present))
+            gradients = [None if g is None else next(reduced) for g in gradients]
+            scalars = [tf.cast(loss, tf.float32)]
+            if batch_size is not None:
+                scalars.append(tf.cast(batch_size, tf.float32))
+            scalars = ctx.all_reduce(tf.distribute.ReduceOp.SUM, scalars)
+            loss = scalars[0]
+            if batch_size is not None:
+                batch_size = scalars[1]
+        if inputs is not None and rec.input_features is None:
+            _recorder.warn_once(
+                "late-inputs",
+                "tb_stability: inputs= given after the first record() without "
+                "input_features=; input statistics are not recorded.",
+            )
+            inputs = None
+        count = rec.push(loss, gradients, batch_size=batch_size,
+                         inputs=inputs, step=step)
+        if tf.executing_eagerly():
+            self._pending += 1
+            if self._pending >= rec.window:
+                self._pending = 0
+                rec.flush()
+        elif replicas <= 1 and not _recorder.in_xla_context():
+            window = rec.window
+
+            def _write():
+                return tf.py_function(self._host_flush, [], Tout=tf.int64)
+
+            tf.cond(
+                tf.equal(count % window, 0),
+                _write,
+                lambda: tf.constant(0, tf.int64),
+            )
+
+    def _host_flush(self):
+        self._recorder.flush()
+        return tf.constant(0, tf.int64)
+
+    def flush(self, final=False):
+        """Writes whatever is due (host call). `final` writes partial windows."""
+        if self._recorder is not None:
+            self._recorder.flush(final=final)
+
+    def close(self):
+        """Writes everything recorded and closes the event file."""
+        if self._recorder is not None:
+            self._recorder.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

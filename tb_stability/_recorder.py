@@ -15,7 +15,6 @@ synchronisation per step:
 The format written is described in FORMAT.md.
 """
 
-import json
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from tensorflow.python.ops import control_flow_util
 
 from tb_stability import _stats
 from tb_stability import metadata
+from tb_stability import summary
 from tb_stability._slots import OptimizerAdapter
 
 logger = logging.getLogger("tb_stability")
@@ -444,12 +444,7 @@ class Recorder:
         if writer is not None and not self._info_written:
             info = self.run_info(extra_info)
             with writer.as_default():
-                tf.summary.write(
-                    metadata.TAG_RUN_INFO,
-                    tf.constant(json.dumps(info)),
-                    step=int(steps[0]),
-                    metadata=metadata.create_summary_metadata("run_info"),
-                )
+                summary.run_info(None, info, step=int(steps[0]))
             self._info_written = True
 
         flags = glob[:, _G["flags"]]
@@ -483,28 +478,11 @@ class Recorder:
             for r in wanted:
                 i = r % R
                 step = int(all_steps[i])
-                tf.summary.write(
-                    metadata.TAG_LAYERS_DETAIL,
-                    layers_all[i],
-                    step=step,
-                    metadata=metadata.create_summary_metadata("layers_detail"),
-                )
+                summary.layers_detail(None, layers_all[i], step=step)
                 if input_rows_all is not None:
-                    tf.summary.write(
-                        metadata.TAG_INPUT_GRAD_ROWS,
-                        input_rows_all[i],
-                        step=step,
-                        metadata=metadata.create_summary_metadata(
-                            "input_grad_rows"
-                        ),
-                    )
+                    summary.input_grad_rows(None, input_rows_all[i], step=step)
                 if inputs_all is not None:
-                    tf.summary.write(
-                        metadata.TAG_INPUTS_DETAIL,
-                        inputs_all[i],
-                        step=step,
-                        metadata=metadata.create_summary_metadata("inputs_detail"),
-                    )
+                    summary.inputs_detail(None, inputs_all[i], step=step)
                 self._detail_written = r
 
     def _accumulate(self, steps, glob, layers, inputs):
@@ -567,26 +545,11 @@ class Recorder:
                 np.float32
             )
             with writer.as_default():
-                tf.summary.write(
-                    metadata.TAG_GLOBAL,
-                    table,
-                    step=last_step,
-                    metadata=metadata.create_summary_metadata("global"),
-                )
-                tf.summary.write(
-                    metadata.TAG_LAYERS_WINDOW,
-                    agg,
-                    step=last_step,
-                    metadata=metadata.create_summary_metadata("layers_window"),
-                )
+                summary.global_rows(None, table, step=last_step)
+                summary.layers_window(None, agg, step=last_step)
                 if self._inp_win is not None:
-                    tf.summary.write(
-                        metadata.TAG_INPUTS_WINDOW,
-                        self._inp_win.astype(np.float32),
-                        step=last_step,
-                        metadata=metadata.create_summary_metadata(
-                            "inputs_window"
-                        ),
+                    summary.inputs_window(
+                        None, self._inp_win.astype(np.float32), step=last_step
                     )
         self._win_rows = []
         self._win_max = self._win_sum = self._win_cnt = None

@@ -127,15 +127,13 @@ class OptimizerAdapter:
             return True
 
 
-def loss_tracker_count(model):
-    """The variable counting samples in Keras's running loss mean, or None.
+def loss_tracker(model):
+    """Keras's running-mean loss metric of `model`, or None.
 
-    `train_step` adds the batch size to it every step, so its per-step
-    difference is the batch size (the per-step loss itself comes from
-    `optimizer.scale_loss`, which receives it).
+    `train_step` calls its `update_state(loss, sample_weight=batch_size)`
+    every step, which is where the batch size can be seen.
     """
     tracker = getattr(model, "_loss_tracker", None)
-    count = getattr(tracker, "count", None)
-    if count is None:
+    if tracker is None or not hasattr(tracker, "update_state"):
         return None
-    return getattr(count, "value", count)
+    return tracker

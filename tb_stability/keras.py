@@ -44,7 +44,8 @@ class _Instrumentation:
         self.disabled = False
         self.loss = None
         self.reduced = None
-        self._batch_count_prev = None
+        self.batch = None
+        self._hooked_trackers = set()
         self._originals = {}
         self.capture_reduced = self.lso is None and not getattr(
             self.inner, "gradient_accumulation_steps", None
@@ -107,6 +108,7 @@ class _Instrumentation:
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
         self.loss = None
+        self.batch = None
         self.reduced = None
         return result
 
@@ -138,7 +140,7 @@ class _Instrumentation:
                       for g in g_list]
         ordered = rec.order_grads(g_list, v_list)
         before = rec.order_grads(weights_before, variables)
-        loss = self.loss
+        loss = self.loss if _in_current_graph(self.loss) else None
         if loss is None:
             _recorder.warn_once(
                 "no-loss",
@@ -146,7 +148,7 @@ class _Instrumentation:
                 "the per-step loss is recorded as NaN.",
             )
             loss = tf.constant(float("nan"))
-        batch = self._batch_size()
+        batch = self.batch if _in_current_graph(self.batch) else None
         if replicas > 1:
             loss, batch = ctx.all_reduce(
                 tf.distribute.ReduceOp.SUM,
@@ -157,25 +159,43 @@ class _Instrumentation:
             self.traced = True
         rec.push(loss, ordered, weights_before=before, batch_size=batch)
 
-    def _batch_size(self):
-        count = _slots.loss_tracker_count(self.model) if self.model else None
-        if count is None or self._batch_count_prev is None:
-            return None
-        now = tf.cast(tf.convert_to_tensor(count), tf.float32)
-        prev = self._batch_count_prev.read_value()
-        batch = tf.where(now >= prev, now - prev, now)
-        self._batch_count_prev.assign(now)
-        return batch
+    def hook_model(self, model):
+        """Captures the batch size Keras passes to its loss tracker."""
+        self.model = model
+        tracker = _slots.loss_tracker(model)
+        if tracker is None or id(tracker) in self._hooked_trackers:
+            return
+        self._hooked_trackers.add(id(tracker))
+        self._patch(tracker, "update_state", self._make_tracker_hook(tracker))
 
-    def make_batch_counter(self):
-        if self._batch_count_prev is None:
-            with tf.init_scope():
-                self._batch_count_prev = tf.Variable(
-                    0.0,
-                    trainable=False,
-                    synchronization=tf.VariableSynchronization.ON_WRITE,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                )
+    def _make_tracker_hook(self, tracker):
+        def update_state(values, sample_weight=None, **kwargs):
+            if not self.disabled and sample_weight is not None:
+                try:
+                    self.batch = tf.cast(
+                        tf.reshape(tf.convert_to_tensor(sample_weight), []),
+                        tf.float32,
+                    )
+                except Exception:  # pylint: disable=broad-except
+                    self.batch = None
+            return self.original(tracker, "update_state")(
+                values, sample_weight=sample_weight, **kwargs
+            )
+
+        return update_state
+
+
+def _in_current_graph(tensor):
+    """Whether a captured tensor belongs to the graph being traced now.
+
+    The loss tracker is also updated by `test_step`; a tensor captured while
+    tracing that function must not leak into the training step.
+    """
+    if tensor is None:
+        return False
+    if tf.executing_eagerly():
+        return not hasattr(tensor, "graph") or isinstance(tensor, tf.Variable)
+    return getattr(tensor, "graph", None) is tf.compat.v1.get_default_graph()
 
 
 def _make_recorder(inst, variables):
@@ -251,7 +271,7 @@ class StabilityCallback(keras.callbacks.Callback):
             inst = _Instrumentation(optimizer)
             inst.install()
             _INSTRUMENTED[optimizer] = inst
-        inst.model = model
+        inst.hook_model(model)
         inst.disabled = False
         kwargs = dict(self._recorder_kwargs, steps_per_call=spe)
         if inst.recorder is not None and (
@@ -266,7 +286,6 @@ class StabilityCallback(keras.callbacks.Callback):
         inst.logdir = self.logdir
         strategy = model.distribute_strategy
         with strategy.scope():
-            inst.make_batch_counter()
             built_vars = list(model.trainable_variables)
             if inst.recorder is None and built_vars and (
                 optimizer.built or tf.distribute.has_strategy()

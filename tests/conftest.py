@@ -1,0 +1,68 @@
+"""Shared helpers: read what tb_stability wrote, through TensorBoard."""
+
+import glob
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from tb_stability import metadata
+
+
+def read_run(logdir):
+    """Reads one run directory with TensorBoard's event accumulator.
+
+    Every point is kept (size guidance 0), as the plugin's fix_flags makes
+    TensorBoard do. Returns {tag: [(step, ndarray), ...]} for tb_stability
+    tags, plus the summary metadata per tag under the key "__metadata__".
+    """
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+    from tensorboard.util import tensor_util
+
+    acc = pea.EventAccumulator(
+        logdir, size_guidance={pea.TENSORS: 0}
+    )
+    acc.Reload()
+    out = {}
+    md = {}
+    for tag in acc.Tags()[pea.TENSORS]:
+        meta = acc.SummaryMetadata(tag)
+        if meta.plugin_data.plugin_name != metadata.PLUGIN_NAME:
+            continue
+        md[tag] = meta
+        out[tag] = [
+            (e.step, tensor_util.make_ndarray(e.tensor_proto))
+            for e in acc.Tensors(tag)
+        ]
+    out["__metadata__"] = md
+    return out
+
+
+def global_table(run):
+    """All global rows of a run as (steps int64 [n], values [n, G])."""
+    steps, rows = [], []
+    for event_step, table in run.get(metadata.TAG_GLOBAL, []):
+        steps.append(event_step + table[:, 0].astype(np.int64))
+        rows.append(table[:, 1:])
+    if not steps:
+        return np.zeros([0], np.int64), np.zeros([0, len(metadata.GLOBAL_COLUMNS)])
+    return np.concatenate(steps), np.concatenate(rows)
+
+
+def detail_by_step(run):
+    return {step: value for step, value in run.get(metadata.TAG_LAYERS_DETAIL, [])}
+
+
+def event_files(logdir):
+    return sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
+
+
+G = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
+S = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    return str(tmp_path / "run")

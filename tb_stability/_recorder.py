@@ -224,6 +224,7 @@ class Recorder:
         batch_size=None,
         inputs=None,
         step=None,
+        loss_scale=None,
     ):
         """Records one training step (runs in the graph of the step).
 
@@ -235,6 +236,8 @@ class Recorder:
           batch_size: optional scalar.
           inputs: optional input batch (features on the last axis).
           step: optional explicit step; else the recorder's own counter.
+          loss_scale: the loss scale this step's loss was multiplied by;
+            defaults to the optimizer's current dynamic scale, if any.
         """
         count = self._count.read_value()
         first = count < self.first_steps
@@ -255,7 +258,7 @@ class Recorder:
             loss, glob["grad_norm"], glob["rms_ratio_max"], nonfinite
         )
         nan = tf.constant(float("nan"))
-        scale = self.adapter.loss_scale()
+        scale = self.adapter.loss_scale() if loss_scale is None else loss_scale
         values = {
             "loss": loss,
             "grad_norm": glob["grad_norm"],

@@ -45,6 +45,7 @@ class _Instrumentation:
         self.loss = None
         self.reduced = None
         self.batch = None
+        self.scale = None
         self._hooked_trackers = set()
         self._originals = {}
         self.capture_reduced = self.lso is None and not getattr(
@@ -74,6 +75,11 @@ class _Instrumentation:
     def _scale_loss(self, loss):
         if not self.disabled:
             self.loss = loss
+            if self.lso is not None:
+                # The scale this very call multiplies by (Keras's own rule).
+                lso = self.lso
+                scale = lso.dynamic_scale if lso.built else lso.initial_scale
+                self.scale = tf.cast(tf.convert_to_tensor(scale), tf.float32)
         return self.original(self.optimizer, "scale_loss")(loss)
 
     def _all_reduce(self, grads_and_vars):
@@ -96,8 +102,10 @@ class _Instrumentation:
                 else list(self.inner._trainable_variables)
             )
             weights_before = [tf.convert_to_tensor(v) for v in variables]
-            scale = self.lso.dynamic_scale if self.lso is not None else None
-            scale = None if scale is None else tf.convert_to_tensor(scale)
+            scale = self.scale if _in_current_graph(self.scale) else None
+            if self.lso is not None and scale is None:
+                raise ValueError("train_step did not call optimizer.scale_loss "
+                                 "under a LossScaleOptimizer")
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
             return apply(grads, trainable_variables)
@@ -109,6 +117,7 @@ class _Instrumentation:
             self._fail(e)
         self.loss = None
         self.batch = None
+        self.scale = None
         self.reduced = None
         return result
 
@@ -157,7 +166,8 @@ class _Instrumentation:
             )
         if not tf.executing_eagerly():
             self.traced = True
-        rec.push(loss, ordered, weights_before=before, batch_size=batch)
+        rec.push(loss, ordered, weights_before=before, batch_size=batch,
+                 loss_scale=scale)
 
     def hook_model(self, model):
         """Captures the batch size Keras passes to its loss tracker."""

@@ -85,7 +85,8 @@ class Recorder:
       input_features: number of input features when inputs are recorded.
       loss_z, grad_z: detector z-score thresholds (log space) for a loss jump
         and a gradient-norm outlier.
-      rms_threshold: detector threshold on RMS(g^2/v_hat).
+      rms_threshold: detector threshold on RMS(g^2/v_hat), crossed on two
+        consecutive steps.
       median_every: steps between two medians of sqrt(v_hat)/eps.
       initial_step: the step of the first row when steps are not given.
       flush_secs: a partial window is written when this many seconds passed
@@ -106,7 +107,7 @@ class Recorder:
         input_features=None,
         loss_z=6.0,
         grad_z=6.0,
-        rms_threshold=3.0,
+        rms_threshold=4.0,
         median_every=10,
         initial_step=0,
         flush_secs=30.0,
@@ -186,8 +187,9 @@ class Recorder:
             self._median = self._variable(
                 tf.fill([V], float("nan")), tf.float32
             )
-            # loss_mu, loss_var, grad_mu, grad_var, n (log space EMAs)
-            self._detector = self._variable(tf.zeros([5]), tf.float32)
+            # loss_mu, loss_var, grad_mu, grad_var, n (log space EMAs),
+            # previous rms_ratio_max
+            self._detector = self._variable(tf.zeros([6]), tf.float32)
             F = self._vstats.input_rows
             self._input_rows = (
                 self._variable(tf.zeros([R, F]), tf.float32) if F else None
@@ -279,20 +281,25 @@ class Recorder:
             step_t = self._next_step.read_value()
         else:
             step_t = tf.cast(tf.reshape(step, []), tf.int64)
-        index = [[count % self.capacity]]
-        self._steps.scatter_nd_update(index, [step_t])
-        self._global.scatter_nd_update(index, [row])
-        self._layers.scatter_nd_update(index, [stats])
+        index = tf.reshape(count % self.capacity, [1])
+
+        def put(ring, value):
+            # scatter_update: the one row update MirroredVariables implement.
+            ring.scatter_update(tf.IndexedSlices(value[None], index))
+
+        put(self._steps, step_t)
+        put(self._global, row)
+        put(self._layers, stats)
         if self._input_rows is not None:
             if input_rows is None:
                 input_rows = tf.fill([self._vstats.input_rows], float("nan"))
-            self._input_rows.scatter_nd_update(index, [input_rows])
+            put(self._input_rows, input_rows)
         if self._inputs is not None:
             if inputs is None:
                 in_stats = tf.fill([self.input_features, 4], float("nan"))
             else:
                 in_stats = _stats.input_stats(inputs)
-            self._inputs.scatter_nd_update(index, [in_stats])
+            put(self._inputs, in_stats)
         self._median.assign(medians)
         self._detector.assign(detector)
         self._next_step.assign(step_t + 1)
@@ -307,7 +314,7 @@ class Recorder:
         fed with winsorised values, so a spike does not mask the next one.
         """
         state = self._detector.read_value()
-        loss_mu, loss_var, grad_mu, grad_var, n = tf.unstack(state)
+        loss_mu, loss_var, grad_mu, grad_var, n, prev_rms = tf.unstack(state)
         warm = n >= 16.0
         x = tf.math.log(tf.maximum(loss, _LOG_FLOOR))
         y = tf.math.log(tf.maximum(grad_norm, _LOG_FLOOR))
@@ -323,8 +330,13 @@ class Recorder:
         loss_jump = outlier(x, loss_mu, loss_var, self.loss_z)
         grad_jump = outlier(y, grad_mu, grad_var, self.grad_z)
         bad = nonfinite > 0
+        # Sustained: above the threshold on this step and the one before (a
+        # single-step excursion of a 64-entry tensor is ordinary noise; the
+        # Adam-epsilon mechanism keeps the ratio high for several steps).
         rms = tf.logical_and(
-            tf.math.is_finite(rms_ratio_max), rms_ratio_max > self.rms_threshold
+            tf.math.is_finite(rms_ratio_max),
+            tf.logical_and(rms_ratio_max > self.rms_threshold,
+                           prev_rms > self.rms_threshold),
         )
         flags = (
             tf.cast(loss_jump, tf.float32) * metadata.FLAG_LOSS_JUMP
@@ -348,7 +360,10 @@ class Recorder:
         grad_mu, grad_var = update(y, grad_mu, grad_var)
         finite = tf.logical_and(tf.math.is_finite(x), tf.math.is_finite(y))
         n = n + tf.cast(finite, tf.float32)
-        return flags, tf.stack([loss_mu, loss_var, grad_mu, grad_var, n])
+        rms_now = tf.where(tf.math.is_finite(rms_ratio_max), rms_ratio_max, 0.0)
+        return flags, tf.stack(
+            [loss_mu, loss_var, grad_mu, grad_var, n, rms_now]
+        )
 
     # Host ------------------------------------------------------------------
 

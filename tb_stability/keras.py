@@ -16,6 +16,7 @@ The callback itself only writes, outside the compiled step, once per window.
 """
 
 import logging
+import threading
 import weakref
 
 import keras
@@ -42,10 +43,10 @@ class _Instrumentation:
         self.logdir = None
         self.traced = False
         self.disabled = False
-        self.loss = None
-        self.reduced = None
-        self.batch = None
-        self.scale = None
+        # What one step's trace captured (loss, batch size, loss scale,
+        # reduced gradients). Thread-local: MirroredStrategy traces its
+        # replicas concurrently, one thread each.
+        self._captured = threading.local()
         self._hooked_trackers = set()
         self._originals = {}
         self.capture_reduced = self.lso is None and not getattr(
@@ -74,12 +75,12 @@ class _Instrumentation:
 
     def _scale_loss(self, loss):
         if not self.disabled:
-            self.loss = loss
+            self._captured.loss = loss
             if self.lso is not None:
                 # The scale this very call multiplies by (Keras's own rule).
                 lso = self.lso
                 scale = lso.dynamic_scale if lso.built else lso.initial_scale
-                self.scale = tf.cast(tf.convert_to_tensor(scale), tf.float32)
+                self._captured.scale = tf.cast(tf.convert_to_tensor(scale), tf.float32)
         return self.original(self.optimizer, "scale_loss")(loss)
 
     def _all_reduce(self, grads_and_vars):
@@ -87,7 +88,7 @@ class _Instrumentation:
             grads_and_vars
         )
         if not self.disabled:
-            self.reduced = list(reduced)
+            self._captured.reduced = list(reduced)
         return reduced
 
     def _apply(self, grads, trainable_variables=None):
@@ -102,24 +103,29 @@ class _Instrumentation:
                 else list(self.inner._trainable_variables)
             )
             weights_before = [tf.convert_to_tensor(v) for v in variables]
-            scale = self.scale if _in_current_graph(self.scale) else None
+            scale = self._take("scale")
             if self.lso is not None and scale is None:
                 raise ValueError("train_step did not call optimizer.scale_loss "
                                  "under a LossScaleOptimizer")
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
             return apply(grads, trainable_variables)
-        self.reduced = None
+        self._captured.reduced = None
         result = apply(grads, trainable_variables)
         try:
             self._record(grads, variables, weights_before, scale)
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
-        self.loss = None
-        self.batch = None
-        self.scale = None
-        self.reduced = None
+        self._captured.loss = None
+        self._captured.batch = None
+        self._captured.scale = None
+        self._captured.reduced = None
         return result
+
+    def _take(self, name):
+        """A value captured by this thread's trace of the current step."""
+        value = getattr(self._captured, name, None)
+        return value if _in_current_graph(value) else None
 
     def _fail(self, error):
         self.disabled = True
@@ -135,9 +141,10 @@ class _Instrumentation:
         rec = self.recorder
         replicas = _recorder._replica_count()
         ctx = tf.distribute.get_replica_context()
-        if self.reduced is not None:
-            g_list = [g for g, _ in self.reduced]
-            v_list = [v for _, v in self.reduced]
+        reduced = getattr(self._captured, "reduced", None)
+        if reduced is not None:
+            g_list = [g for g, _ in reduced]
+            v_list = [v for _, v in reduced]
         else:
             g_list, v_list = grads, variables
             if replicas > 1:
@@ -149,7 +156,7 @@ class _Instrumentation:
                       for g in g_list]
         ordered = rec.order_grads(g_list, v_list)
         before = rec.order_grads(weights_before, variables)
-        loss = self.loss if _in_current_graph(self.loss) else None
+        loss = self._take("loss")
         if loss is None:
             _recorder.warn_once(
                 "no-loss",
@@ -157,7 +164,7 @@ class _Instrumentation:
                 "the per-step loss is recorded as NaN.",
             )
             loss = tf.constant(float("nan"))
-        batch = self.batch if _in_current_graph(self.batch) else None
+        batch = self._take("batch")
         if replicas > 1:
             loss, batch = ctx.all_reduce(
                 tf.distribute.ReduceOp.SUM,
@@ -182,12 +189,12 @@ class _Instrumentation:
         def update_state(values, sample_weight=None, **kwargs):
             if not self.disabled and sample_weight is not None:
                 try:
-                    self.batch = tf.cast(
+                    self._captured.batch = tf.cast(
                         tf.reshape(tf.convert_to_tensor(sample_weight), []),
                         tf.float32,
                     )
                 except Exception:  # pylint: disable=broad-except
-                    self.batch = None
+                    self._captured.batch = None
             return self.original(tracker, "update_state")(
                 values, sample_weight=sample_weight, **kwargs
             )
@@ -242,7 +249,7 @@ class StabilityCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,
-                 first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=3.0,
+                 first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=4.0,
                  flush_secs=30.0):
         super().__init__()
         self.logdir = str(logdir)

@@ -107,7 +107,7 @@ class Recorder:
         input_features=None,
         loss_z=6.0,
         grad_z=6.0,
-        rms_threshold=4.0,
+        rms_threshold=10.0,
         median_every=10,
         initial_step=0,
         flush_secs=30.0,
@@ -329,7 +329,7 @@ class Recorder:
 
         loss_jump = outlier(x, loss_mu, loss_var, self.loss_z)
         grad_jump = outlier(y, grad_mu, grad_var, self.grad_z)
-        bad = nonfinite > 0
+        bad = tf.logical_or(nonfinite > 0, tf.logical_not(tf.math.is_finite(loss)))
         # Sustained: above the threshold on this step and the one before (a
         # single-step excursion of a 64-entry tensor is ordinary noise; the
         # Adam-epsilon mechanism keeps the ratio high for several steps).

@@ -249,7 +249,7 @@ class StabilityCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,
-                 first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=4.0,
+                 first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=10.0,
                  flush_secs=30.0):
         super().__init__()
         self.logdir = str(logdir)

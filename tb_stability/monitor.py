@@ -42,7 +42,7 @@ class Monitor:
 
     def __init__(self, logdir, optimizer, variables, *, input_features=None,
                  window=256, detail_before=32, detail_after=8, first_steps=50,
-                 loss_z=6.0, grad_z=6.0, rms_threshold=4.0, flush_secs=30.0):
+                 loss_z=6.0, grad_z=6.0, rms_threshold=10.0, flush_secs=30.0):
         self.logdir = str(logdir)
         self.optimizer = optimizer
         self.variables = list(variables)

@@ -30,7 +30,7 @@ def _model(seed=0):
         keras.Input((6,)),
         keras.layers.Dense(16, activation="relu", name="d1"),
         keras.layers.Dense(1, name="d2"),
-    ])
+    ], name="net")
 
 
 def _fit(logdir, optimizer="adam", epochs=2, **compile_kwargs):
@@ -69,10 +69,9 @@ def test_tags_data_class_and_steps(logdir):
     (_, info), = run[metadata.TAG_RUN_INFO]
     info = json.loads(info.item().decode())
     assert [v["name"] for v in info["variables"]] == [
-        "sequential/d1/kernel", "sequential/d1/bias",
-        "sequential/d2/kernel", "sequential/d2/bias"]
+        "net/d1/kernel", "net/d1/bias", "net/d2/kernel", "net/d2/bias"]
     assert info["optimizer"]["name"] == "Adam" and info["optimizer"]["adam"]
-    assert info["input_kernel"] == "sequential/d1/kernel"
+    assert info["input_kernel"] == "net/d1/kernel"
 
 
 def test_loss_is_per_step_not_the_running_mean(logdir):
@@ -206,3 +205,26 @@ def test_write_failure_never_stops_training(logdir, caplog, monkeypatch):
         model, _ = _fit(logdir, epochs=3)
     assert model.optimizer.iterations.numpy() == 24
     assert sum("disk full" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_training_is_unchanged_and_model_saves(tmp_path):
+    """Instrumentation only reads: same weights as an unmonitored run, and
+    the optimizer still serialises as what it is."""
+    x, y = _data()
+    results = []
+    for monitored in (False, True):
+        model = _model(seed=3)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        cbs = [tb_stability.keras.StabilityCallback(str(tmp_path / "run"))] \
+            if monitored else []
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+                  callbacks=cbs)
+        results.append([w.copy() for w in model.get_weights()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer) is keras.optimizers.Adam
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,11 +1,12 @@
-"""The main job: train example runs with tb_stability, serve TensorBoard.
+"""The main job: train the demo runs with tb_stability, serve TensorBoard.
 
     python -m demo.main --logdir demo_logs            # train, then serve
     python -m demo.main --logdir demo_logs --logs-only
 
-The seed blow-ups (issue: demo/) will join these runs; for now a clean
-Keras run, a Keras run with one outlier batch (a one-step loss spike the
-detector keeps in detail) and a custom training loop with `Monitor`.
+The runs: the four seed blow-ups of ../shared/seeds/, each broken and fixed
+(`seedNNN-bad`, `seedNNN-fixed`, see demo/README.md), seed 001's NaN variant
+(`seed001-bad-nan`) and a Keras run with one outlier batch (`outlier-batch`,
+a one-step spike from a bad batch).
 """
 
 import argparse
@@ -51,48 +52,45 @@ def keras_run(logdir, name, outlier_step=None, steps=1500, batch=16):
               callbacks=[cb])
 
 
-def custom_loop_run(logdir, name="custom-loop", steps=800, batch=16):
-    import keras
-    import tensorflow as tf
-    import tb_stability
+def _seed_runs():
+    from demo import seeds
 
-    x, y = _regression(steps, batch, seed=1)
-    model = _model(1)
-    opt = keras.optimizers.Adam(1e-3)
-    variables = model.trainable_variables
-
-    with tb_stability.Monitor(os.path.join(logdir, name), optimizer=opt,
-                              variables=variables) as monitor:
-        @tf.function
-        def train_step(step, xb, yb):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.square(model(xb) - yb))
-            grads = tape.gradient(loss, variables)
-            opt.apply_gradients(zip(grads, variables))
-            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0],
-                           inputs=xb)
-
-        for step in range(steps):
-            sl = slice(step * batch, (step + 1) * batch)
-            train_step(tf.constant(step, tf.int64), x[sl], y[sl])
+    runs = []
+    for name, fn in seeds.SCENARIOS:
+        runs.append((f"{name}-bad", lambda d, fn=fn, name=name:
+                     fn(os.path.join(d, f"{name}-bad"), fixed=False)))
+        runs.append((f"{name}-fixed", lambda d, fn=fn, name=name:
+                     fn(os.path.join(d, f"{name}-fixed"), fixed=True)))
+        if name == "seed001":
+            runs.append(("seed001-bad-nan", lambda d: seeds.seed001(
+                os.path.join(d, "seed001-bad-nan"), fixed=False, lr=3e-3)))
+    return runs
 
 
-RUNS = (
-    ("clean", lambda d: keras_run(d, "clean")),
+RUNS = tuple(_seed_runs()) + (
     ("outlier-batch", lambda d: keras_run(d, "outlier-batch", outlier_step=900)),
-    ("custom-loop", custom_loop_run),
 )
 
 
-def run_all(logdir, log=print):
-    """Trains every demo run into `logdir` (one sub-directory per run)."""
+def run_all(logdir, log=print, only=None):
+    """Trains the demo runs into `logdir` (one sub-directory per run).
+
+    Arguments:
+      logdir: the log directory (created if needed).
+      log: where progress lines go.
+      only: optional iterable of run names to train (default: all).
+
+    Returns {run name: what the run's function returned}.
+    """
     os.makedirs(logdir, exist_ok=True)
-    for i, (name, fn) in enumerate(RUNS, start=1):
+    runs = [(n, fn) for n, fn in RUNS if only is None or n in set(only)]
+    results = {}
+    for i, (name, fn) in enumerate(runs, start=1):
         t0 = time.perf_counter()
-        log(f"[{i}/{len(RUNS)}] training {name} ...")
-        fn(logdir)
-        log(f"[{i}/{len(RUNS)}] {name} done in {time.perf_counter() - t0:.1f} s")
-    return [name for name, _ in RUNS]
+        log(f"[{i}/{len(runs)}] training {name} ...")
+        results[name] = fn(logdir)
+        log(f"[{i}/{len(runs)}] {name} done in {time.perf_counter() - t0:.1f} s")
+    return results
 
 
 def serve(logdir, port):

@@ -34,6 +34,8 @@ _G = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
 _S = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
 _LOG_FLOOR = 1e-38
 _LN2 = math.log(2.0)
+_LN10 = math.log(10.0)
+_LN100 = math.log(100.0)
 
 
 def in_xla_context():
@@ -188,8 +190,10 @@ class Recorder:
                 tf.fill([V], float("nan")), tf.float32
             )
             # loss_mu, loss_var, grad_mu, grad_var, n (log space EMAs),
-            # previous rms_ratio_max
-            self._detector = self._variable(tf.zeros([6]), tf.float32)
+            # previous rms_ratio_max, lowest loss_mu seen, above-rise state
+            self._detector = self._variable(
+                [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float("inf"), 0.0], tf.float32
+            )
             F = self._vstats.input_rows
             self._input_rows = (
                 self._variable(tf.zeros([R, F]), tf.float32) if F else None
@@ -285,25 +289,28 @@ class Recorder:
 
         def put(ring, value):
             # scatter_update: the one row update MirroredVariables implement.
-            ring.scatter_update(tf.IndexedSlices(value[None], index))
+            return ring.scatter_update(tf.IndexedSlices(value[None], index))
 
-        put(self._steps, step_t)
-        put(self._global, row)
-        put(self._layers, stats)
+        updates = [put(self._steps, step_t), put(self._global, row),
+                   put(self._layers, stats)]
         if self._input_rows is not None:
             if input_rows is None:
                 input_rows = tf.fill([self._vstats.input_rows], float("nan"))
-            put(self._input_rows, input_rows)
+            updates.append(put(self._input_rows, input_rows))
         if self._inputs is not None:
             if inputs is None:
                 in_stats = tf.fill([self.input_features, 4], float("nan"))
             else:
                 in_stats = _stats.input_stats(inputs)
-            put(self._inputs, in_stats)
-        self._median.assign(medians)
-        self._detector.assign(detector)
-        self._next_step.assign(step_t + 1)
-        return self._count.assign_add(1)
+            updates.append(put(self._inputs, in_stats))
+        updates.append(self._median.assign(medians))
+        updates.append(self._detector.assign(detector))
+        updates.append(self._next_step.assign(step_t + 1))
+        # The count moves last: whatever is triggered by it (the host flush
+        # of a Monitor inside a tf.function) must see the whole row. Automatic
+        # control dependencies only order ops on the same resource.
+        with tf.control_dependencies(updates):
+            return self._count.assign_add(1)
 
     def _detect(self, loss, grad_norm, rms_ratio_max, nonfinite):
         """The online detector: flags for this step and the new state.
@@ -311,10 +318,12 @@ class Recorder:
         A loss jump (or gradient-norm outlier) is a value above its running
         log-space mean by more than z running standard deviations and by at
         least a factor 2; the running statistics are EMAs (about 64 steps)
-        fed with winsorised values, so a spike does not mask the next one.
+        fed with values winsorised at 3 sigma on both sides, so a spike does
+        not mask the next one and a zero loss does not drag the level down.
         """
         state = self._detector.read_value()
-        loss_mu, loss_var, grad_mu, grad_var, n, prev_rms = tf.unstack(state)
+        (loss_mu, loss_var, grad_mu, grad_var, n, prev_rms, floor,
+         above) = tf.unstack(state)
         warm = n >= 16.0
         x = tf.math.log(tf.maximum(loss, _LOG_FLOOR))
         y = tf.math.log(tf.maximum(grad_norm, _LOG_FLOOR))
@@ -338,8 +347,21 @@ class Recorder:
             tf.logical_and(rms_ratio_max > self.rms_threshold,
                            prev_rms > self.rms_threshold),
         )
+        # A slow geometric rise (Adam's effective step passing the stability
+        # limit) drags the EMA along and never looks like an outlier; it is
+        # caught as the loss crossing 100x its lowest smoothed level, once
+        # per excursion (re-armed when back under 10x).
+        rise_level = x - floor
+        rise = tf.logical_and(
+            tf.logical_and(warm, tf.math.is_finite(x)),
+            tf.logical_and(rise_level > _LN100, above < 0.5),
+        )
+        above = tf.where(
+            rise_level > _LN100, 1.0, tf.where(rise_level < _LN10, 0.0, above)
+        )
         flags = (
-            tf.cast(loss_jump, tf.float32) * metadata.FLAG_LOSS_JUMP
+            tf.cast(rise, tf.float32) * metadata.FLAG_LOSS_RISE
+            + tf.cast(loss_jump, tf.float32) * metadata.FLAG_LOSS_JUMP
             + tf.cast(grad_jump, tf.float32) * metadata.FLAG_GRAD_OUTLIER
             + tf.cast(bad, tf.float32) * metadata.FLAG_NONFINITE
             + tf.cast(rms, tf.float32) * metadata.FLAG_RMS_RATIO
@@ -347,8 +369,11 @@ class Recorder:
         alpha = tf.where(warm, 1.0 / 64.0, 1.0 / (n + 1.0))
 
         def update(value, mu, var):
+            sd = tf.sqrt(var)
             clipped = tf.where(
-                warm, tf.minimum(value, mu + 3.0 * tf.sqrt(var)), value
+                warm,
+                tf.clip_by_value(value, mu - 3.0 * sd, mu + 3.0 * sd),
+                value,
             )
             ok = tf.math.is_finite(clipped)
             delta = clipped - mu
@@ -361,8 +386,9 @@ class Recorder:
         finite = tf.logical_and(tf.math.is_finite(x), tf.math.is_finite(y))
         n = n + tf.cast(finite, tf.float32)
         rms_now = tf.where(tf.math.is_finite(rms_ratio_max), rms_ratio_max, 0.0)
+        floor = tf.where(n >= 16.0, tf.minimum(floor, loss_mu), floor)
         return flags, tf.stack(
-            [loss_mu, loss_var, grad_mu, grad_var, n, rms_now]
+            [loss_mu, loss_var, grad_mu, grad_var, n, rms_now, floor, above]
         )
 
     # Host ------------------------------------------------------------------

@@ -77,11 +77,13 @@ FLAG_LOSS_JUMP = 1
 FLAG_GRAD_OUTLIER = 2
 FLAG_NONFINITE = 4
 FLAG_RMS_RATIO = 8
+FLAG_LOSS_RISE = 16
 FLAG_NAMES = {
     FLAG_LOSS_JUMP: "loss_jump",
     FLAG_GRAD_OUTLIER: "grad_outlier",
     FLAG_NONFINITE: "nonfinite",
     FLAG_RMS_RATIO: "rms_ratio",
+    FLAG_LOSS_RISE: "loss_rise",
 }
 
 

@@ -76,3 +76,14 @@ def test_rms_ratio_needs_two_consecutive_steps(detect):
     rms[40:43] = 25.0  # sustained: flagged from the second step on
     flags = detect(np.ones(60), rms=rms)
     assert list(np.flatnonzero(flags & metadata.FLAG_RMS_RATIO)) == [41, 42]
+
+
+def test_slow_geometric_rise_flagged_once(detect):
+    rng = np.random.default_rng(2)
+    base = 1e-13 * np.exp(rng.normal(0, 0.5, size=700))
+    rise = np.ones(700)
+    rise[400:] = np.exp(0.06 * np.arange(300))  # +6% per step, for good
+    flags = detect(base * rise)
+    rises = np.flatnonzero(flags & metadata.FLAG_LOSS_RISE)
+    assert len(rises) == 1 and 440 < rises[0] < 520, rises
+    assert not (flags[:400] & metadata.FLAG_LOSS_JUMP).any()

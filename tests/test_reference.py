@@ -152,3 +152,28 @@ def test_keras_callback_matches_numpy_adam(logdir):
     steps, rows = global_table(run)
     np.testing.assert_allclose(rows[:, G["loss"]], losses, rtol=1e-4)
     np.testing.assert_allclose(rows[:, G["batch_size"]], 16)
+
+
+def test_monitor_in_function_flushes_whole_rows(logdir):
+    """The in-graph flush trigger sees every ring write of its step."""
+    x, y = _data()
+    model = _model()
+    opt = keras.optimizers.Adam(LR)
+    variables = model.trainable_variables
+    monitor = tb_stability.Monitor(logdir, optimizer=opt, variables=variables,
+                                   window=2)
+
+    @tf.function
+    def step_fn(step):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y)) + 1.0
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        monitor.record(step, loss, grads)
+
+    with monitor:
+        for step in range(300):
+            step_fn(tf.constant(step, tf.int64))
+    steps, rows = global_table(read_run(logdir))
+    assert list(steps) == list(range(300))
+    assert np.all(rows[:, G["loss"]] > 1.0)  # no row read before written

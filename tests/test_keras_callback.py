@@ -180,31 +180,22 @@ def test_mixed_precision_loss_scale(logdir):
     assert np.all(np.isfinite(detail[good][:, S["rms_ratio"]]))
 
 
-def test_instrumentation_failure_never_stops_training(logdir, caplog, monkeypatch):
+@pytest.mark.parametrize(
+    "method, error",
+    [("push", RuntimeError("planted failure")),  # in the training step
+     ("_process", OSError("disk full"))],  # in the host-side writing
+)
+def test_failure_never_stops_training(method, error, logdir, caplog, monkeypatch):
     from tb_stability import _recorder
 
     def broken(self, *a, **k):
-        raise RuntimeError("planted failure")
+        raise error
 
-    monkeypatch.setattr(_recorder.Recorder, "push", broken)
-    with caplog.at_level(logging.WARNING, logger="tb_stability"):
-        model, _ = _fit(logdir, epochs=2)
-    assert model.optimizer.iterations.numpy() == 16  # training went on
-    msgs = [r.getMessage() for r in caplog.records if "planted failure" in r.getMessage()]
-    assert len(msgs) == 1  # logged once
-
-
-def test_write_failure_never_stops_training(logdir, caplog, monkeypatch):
-    from tb_stability import _recorder
-
-    def broken(self, *a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(_recorder.Recorder, "_process", broken)
+    monkeypatch.setattr(_recorder.Recorder, method, broken)
     with caplog.at_level(logging.WARNING, logger="tb_stability"):
         model, _ = _fit(logdir, epochs=3)
-    assert model.optimizer.iterations.numpy() == 24
-    assert sum("disk full" in r.getMessage() for r in caplog.records) == 1
+    assert model.optimizer.iterations.numpy() == 24  # training went on
+    assert sum(str(error) in r.getMessage() for r in caplog.records) == 1
 
 
 def test_training_is_unchanged_and_model_saves(tmp_path):

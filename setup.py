@@ -29,6 +29,9 @@ setup(
         "test": ["pytest", "hypothesis"],
     },
     entry_points={
+        "console_scripts": [
+            "tb-stability = tb_stability.cli:main",
+        ],
         "tensorboard_plugins": [
             "tb_stability = tb_stability.plugin:StabilityLoader",
         ],

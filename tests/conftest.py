@@ -66,3 +66,17 @@ S = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
 @pytest.fixture
 def logdir(tmp_path):
     return str(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def demo_logs(tmp_path_factory):
+    """The whole demo, trained once per test session (about two minutes).
+
+    Returns (logdir Path, {run: what its function returned}, progress lines).
+    """
+    from demo import main as demo
+
+    logdir = tmp_path_factory.mktemp("demo")
+    lines = []
+    results = demo.run_all(str(logdir), log=lines.append)
+    return logdir, results, lines

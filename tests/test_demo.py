@@ -1,7 +1,7 @@
 """The demo's seed blow-ups really break, and their fixes really don't.
 
 Runs are deterministic (fixed seeds, see demo/seeds.py); the whole demo is
-trained once for this module (about two minutes on two cores).
+trained once per session (about two minutes on two cores).
 """
 
 import math
@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from demo import main as demo
 from tb_stability import metadata
 from conftest import G, detail_by_step, global_table, read_run
 
@@ -17,12 +16,9 @@ LN10 = math.log(10.0)
 REQUIRED = [f"seed00{i}-{kind}" for i in range(4) for kind in ("bad", "fixed")]
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("demo")
-    lines = []
-    results = demo.run_all(str(logdir), log=lines.append)
-    return logdir, results, lines
+@pytest.fixture
+def demo_run(demo_logs):
+    return demo_logs
 
 
 def _series(demo_run, name):

@@ -1,0 +1,20 @@
+"""Finds anomalies and names their causes (pure NumPy, no TensorFlow).
+
+    from tb_stability.analysis import report_logdir, load_logdir, analyze_run
+    result = report_logdir("logs")             # the JSON-able report
+    runs = load_logdir("logs")                 # {run: RunData}
+    analyze_run(runs["run1"])                  # [anomaly dict]
+
+Modules: `reader` (event files), `series` (aligned arrays), `detect`
+(anomalies), `attribute` (causes), `causes` (ids and fixes), `report`.
+"""
+
+from tb_stability.analysis.attribute import Cause, rank_causes
+from tb_stability.analysis.causes import ALL as CAUSE_IDS
+from tb_stability.analysis.detect import Anomaly, detect_anomalies
+from tb_stability.analysis.reader import load_logdir
+from tb_stability.analysis.report import analyze_run, report_logdir
+from tb_stability.analysis.series import RunData
+
+__all__ = ["Anomaly", "Cause", "CAUSE_IDS", "RunData", "analyze_run",
+           "detect_anomalies", "load_logdir", "rank_causes", "report_logdir"]

@@ -1,0 +1,68 @@
+"""The report: anomalies and their ranked causes, as the public JSON shape.
+
+    {"logdir": str, "runs": [{"run": str, "steps": int, "anomalies": [
+      {"kind", "step", "peak_step", "end_step", "severity",
+       "causes": [{"cause", "confidence", "layer", "lead_steps",
+                   "evidence", "fix"}]}]}]}
+
+Documented in tb_stability/REPORT.md. Non-finite floats never appear in
+the JSON: they are written as null (see REPORT.md).
+"""
+
+import math
+
+import numpy as np
+
+from tb_stability.analysis import attribute as attribute_lib
+from tb_stability.analysis import detect as detect_lib
+from tb_stability.analysis import reader
+
+
+def _finite_or_none(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def skipped_steps(run):
+    """Steps a LossScaleOptimizer skipped on purpose: finite loss, non-finite
+    gradients, and the next step at a lower loss scale."""
+    scale = run.col("loss_scale")
+    if not np.any(np.isfinite(scale)):
+        return None
+    nxt = np.concatenate([scale[1:], [np.nan]])
+    return np.isfinite(run.col("loss")) & np.isfinite(scale) & (nxt < scale)
+
+
+def analyze_run(run):
+    """[anomaly dict] for one `RunData`, each with its ranked causes."""
+    ctx = attribute_lib.Context(run)
+    anomalies = detect_lib.detect_anomalies(
+        run.steps, run.col("loss"), nonfinite=run.col("nonfinite"),
+        classes=ctx.classes, skipped=skipped_steps(run))
+    out = []
+    for a in anomalies:
+        causes = attribute_lib.rank_causes(run, a, ctx)
+        out.append({
+            "kind": a.kind,
+            "step": a.step,
+            "peak_step": a.peak_step,
+            "end_step": a.end_step,
+            "severity": round(float(a.severity), 4),
+            "baseline": _finite_or_none(a.baseline),
+            "peak_value": _finite_or_none(a.peak_value),
+            "causes": [c.to_json() for c in causes],
+        })
+    return out
+
+
+def run_report(run):
+    return {"run": run.name, "steps": int(len(run.steps)),
+            "first_step": int(run.steps[0]), "last_step": int(run.steps[-1]),
+            "anomalies": analyze_run(run)}
+
+
+def report_logdir(logdir, run=None):
+    """The full report of a logdir (optionally one run)."""
+    runs = reader.load_logdir(logdir, run=run)
+    return {"logdir": str(logdir),
+            "runs": [run_report(runs[name]) for name in sorted(runs)]}

@@ -1,0 +1,109 @@
+"""Anomaly detection on planted series (pure NumPy)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tb_stability.analysis.detect import detect_anomalies
+
+
+def _noisy(n, level=0.5, sigma=0.35, seed=0):
+    rng = np.random.default_rng(seed)
+    return level * np.exp(rng.normal(0, sigma, size=n))
+
+
+def test_small_batch_sgd_noise_is_not_an_anomaly():
+    for seed in range(5):
+        loss = _noisy(20000, sigma=0.5, seed=seed)
+        assert detect_anomalies(np.arange(20000), loss) == [], seed
+
+
+def test_fast_early_descent_is_not_an_anomaly():
+    rng = np.random.default_rng(1)
+    n = 3000
+    loss = np.logspace(4, -11, n) * np.exp(rng.normal(0, 0.2, n))
+    assert detect_anomalies(np.arange(n), loss) == []
+
+
+@pytest.mark.parametrize("level", [1e-11, 1e-3, 1.0, 1e4])
+def test_spikes_at_random_steps_found_exactly(level):
+    rng = np.random.default_rng()
+    n = 5000
+    loss = _noisy(n, level=level, sigma=0.2, seed=int(rng.integers(1 << 30)))
+    planted = sorted(rng.choice(np.arange(300, n - 50, 200), size=5, replace=False))
+    for s in planted:
+        loss[s] *= 1000.0
+    found = detect_anomalies(np.arange(n), loss)
+    assert [a.kind for a in found] == ["spike"] * 5
+    assert [a.peak_step for a in found] == planted
+    assert all(a.step == a.peak_step and a.end_step == a.peak_step + 1 for a in found)
+    assert all(2.5 < a.severity < 3.5 for a in found)  # ~3 decades
+
+
+def test_nan_at_step_zero():
+    loss = _noisy(100)
+    loss[0] = np.nan
+    (a,) = detect_anomalies(np.arange(100), loss)
+    assert (a.kind, a.step, a.end_step) == ("nonfinite", 0, 1)
+
+
+def test_nan_that_never_recovers_stops_the_search():
+    loss = _noisy(1000)
+    loss[600:] = np.nan
+    loss[300] *= 1e4  # a spike before: still found
+    found = detect_anomalies(np.arange(1000), loss)
+    assert [(a.kind, a.step, a.end_step) for a in found] == [
+        ("spike", 300, 301), ("nonfinite", 600, None)]
+
+
+def test_silent_nonfinite_from_the_count_column():
+    loss = _noisy(200)
+    count = np.zeros(200)
+    count[120:] = 64  # weights went NaN, the loss stayed finite
+    (a,) = detect_anomalies(np.arange(200), loss, nonfinite=count)
+    assert (a.kind, a.step) == ("nonfinite", 120)
+
+
+def test_divergence_does_not_recover():
+    n = 3000
+    loss = _noisy(n, level=1e-12, sigma=0.3)
+    loss[2000:] *= np.exp(0.05 * np.arange(n - 2000)).clip(max=1e9)
+    found = detect_anomalies(np.arange(n), loss)
+    assert [a.kind for a in found] == ["divergence"]
+    assert 2000 <= found[0].step <= 2100 and found[0].end_step is None
+
+
+def test_plateau_at_ln_c():
+    rng = np.random.default_rng(3)
+    n = 1500
+    loss = np.concatenate([np.linspace(180, 3, 10),
+                           math.log(10) + rng.normal(0, 5e-4, n - 10)])
+    (a,) = detect_anomalies(np.arange(n), loss, classes=10)
+    assert (a.kind, a.step, a.end_step) == ("plateau", 10, None)
+    assert a.severity > 0.9
+    assert detect_anomalies(np.arange(n), loss, classes=2) == []  # ln 2 != ln 10
+
+
+def test_downsampled_input_keeps_its_steps():
+    """Sparse steps (every 10th, as a sampled series) still give exact steps."""
+    n = 4000
+    loss = _noisy(n, sigma=0.2)
+    loss[2470] *= 1e3
+    steps = np.arange(n) * 10
+    (a,) = detect_anomalies(steps, loss)
+    assert a.peak_step == 24700
+
+
+def test_skipped_loss_scale_steps_are_not_anomalies():
+    loss = _noisy(300)
+    count = np.zeros(300)
+    count[[50, 51, 200]] = 7  # overflowed gradients, skipped on purpose
+    skipped = count > 0
+    assert detect_anomalies(np.arange(300), loss, nonfinite=count, skipped=skipped) == []
+    assert len(detect_anomalies(np.arange(300), loss, nonfinite=count)) == 2
+
+
+def test_empty_and_tiny_inputs():
+    assert detect_anomalies([], []) == []
+    assert detect_anomalies([0, 1, 2], [1.0, 1.0, 1.0]) == []

@@ -47,7 +47,8 @@ def test_parse_accepts_newer_fields():
 
 def test_import_does_not_import_tensorflow():
     code = (
-        "import sys, tb_stability, tb_stability.plugin, tb_stability.metadata;"
+        "import sys, tb_stability, tb_stability.plugin, tb_stability.metadata,"
+        " tb_stability.analysis, tb_stability.cli;"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -6,7 +6,7 @@
                    "evidence", "fix"}]}]}]}
 
 Documented in tb_stability/REPORT.md. Non-finite floats never appear in
-the JSON: they are written as null (see REPORT.md).
+the JSON: `sanitize` writes them as null.
 """
 
 import math
@@ -61,8 +61,19 @@ def run_report(run):
             "anomalies": analyze_run(run)}
 
 
+def sanitize(value):
+    """Replaces non-finite floats by None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
+
+
 def report_logdir(logdir, run=None):
     """The full report of a logdir (optionally one run)."""
     runs = reader.load_logdir(logdir, run=run)
-    return {"logdir": str(logdir),
-            "runs": [run_report(runs[name]) for name in sorted(runs)]}
+    return sanitize({"logdir": str(logdir),
+                     "runs": [run_report(runs[name]) for name in sorted(runs)]})

@@ -183,32 +183,56 @@ def _nonfinite_detail(ctx, a):
     return i, ctx.run.detail_at(a.step)
 
 
-def nonfinite_gradient(ctx: Context, a: Anomaly):
+def _bad_grads(ctx, a):
+    """(row index, detail, non-finite gradient tensors, only the input kernel?)."""
     i, detail = _nonfinite_detail(ctx, a)
     if detail is None:
+        return None, None, [], False
+    bad = [int(k) for k in np.flatnonzero(detail[:, STAT["grad_nonfinite"]] > 0)]
+    only_input = bool(bad) and bad == [ctx.input_index]
+    return i, detail, bad, only_input
+
+
+def nonfinite_gradient(ctx: Context, a: Anomaly):
+    i, detail, bad, only_input = _bad_grads(ctx, a)
+    if not bad:
         return None
-    bad = np.flatnonzero(detail[:, STAT["grad_nonfinite"]] > 0)
-    if not len(bad):
-        return None
-    layer = ctx.name(int(bad[-1]))  # nearest the loss in backprop order
-    return _cause(C.NONFINITE_GRADIENT, 0.8, [
+    layer = ctx.name(bad[-1])  # nearest the loss in backprop order
+    evidence = [
         f"The loss was finite ({_fmt(ctx.loss[i])}) at step {a.step} but "
         f"{len(bad)} gradient tensor(s) were not; the first in backprop "
         f"order is {layer} ({int(detail[bad[-1], STAT['grad_nonfinite']])} "
-        f"non-finite entries)."], layer=layer)
+        f"non-finite entries)."]
+    return _cause(C.NONFINITE_GRADIENT, 0.45 if only_input else 0.8, evidence,
+                  layer=layer)
 
 
 def nonfinite_input(ctx: Context, a: Anomaly):
-    i, detail = _nonfinite_detail(ctx, a)
+    i, detail, bad, only_input = _bad_grads(ctx, a)
     if detail is None:
         return None
-    if np.any(detail[:, STAT["grad_nonfinite"]] > 0):
+    if only_input:
+        layer = ctx.name(ctx.input_index)
+        evidence = [f"Silent NaN: the loss stayed finite ({_fmt(ctx.loss[i])}) at "
+                    f"step {a.step} while only the first layer's gradient, "
+                    f"{layer}, was non-finite: x^T delta carried NaN/Inf from "
+                    f"the inputs."]
+        rows = ctx.run.input_rows
+        j = int(np.searchsorted(ctx.run.input_rows_steps, a.step))
+        if j < len(ctx.run.input_rows_steps) and ctx.run.input_rows_steps[j] == a.step:
+            features = np.flatnonzero(~np.isfinite(rows[j]))
+            if 0 < len(features) < rows.shape[1]:
+                shown = ", ".join(str(int(f)) for f in features[:8])
+                evidence.append(f"Non-finite gradient rows of {layer}: input "
+                                f"feature(s) {shown}.")
+        return _cause(C.NONFINITE_INPUT, 0.8, evidence, layer=layer)
+    if bad:
         return None
-    bad = np.flatnonzero((detail[:, STAT["weight_nonfinite"]] > 0)
-                         | (detail[:, STAT["moment_nonfinite"]] > 0))
-    if not len(bad):
+    weights = np.flatnonzero((detail[:, STAT["weight_nonfinite"]] > 0)
+                             | (detail[:, STAT["moment_nonfinite"]] > 0))
+    if not len(weights):
         return None
-    layer = ctx.name(int(bad[0]))
+    layer = ctx.name(int(weights[0]))
     return _cause(C.NONFINITE_INPUT, 0.7, [
         f"Silent NaN: weights or optimizer moments of {layer} became "
         f"non-finite at step {a.step} while the loss stayed finite "
@@ -277,18 +301,29 @@ def unnormalized_inputs(ctx: Context, a: Anomaly):
 def dead_units(ctx: Context, a: Anomaly):
     if a.kind != "plateau":
         return None
+    run = ctx.run
     i = ctx.idx(a.step)
-    g = ctx.run.col("grad_norm")
+    g = run.col("grad_norm")
     early = np.nanmax(g[:max(i, 1)]) if i > 0 else np.nan
     during = _nanmedian(g[i:])
-    evidence = [f"The loss is pinned at {_fmt(a.peak_value)} = ln {ctx.classes} "
-                f"from step {a.step}: the output is the uniform prior."]
+    evidence = [f"The loss is pinned at {_fmt(a.peak_value)} ≈ ln {ctx.classes} "
+                f"from step {a.step}: the output is the class prior."]
     confidence = 0.45
     if np.isfinite(early) and np.isfinite(during) and during < 1e-2 * early:
         evidence.append(f"The gradient norm collapsed from {_fmt(early)} to "
                         f"{_fmt(during)} after the first steps.")
         confidence = 0.65
-    return _cause(C.DEAD_UNITS, confidence, evidence)
+    layer = None
+    if len(run.window_steps) and ctx.kernels:
+        w = min(int(np.searchsorted(run.window_steps, a.step)), len(run.window_steps) - 1)
+        means = run.window[w, ctx.kernels, STAT["grad_norm"], 1]
+        zero = [ctx.kernels[j] for j in np.flatnonzero(means == 0.0)]
+        if zero:
+            layer = ctx.name(zero[0])
+            evidence.append(f"The gradient of {layer} is exactly zero: its "
+                            f"units are dead.")
+            confidence = 0.65
+    return _cause(C.DEAD_UNITS, confidence, evidence, layer=layer)
 
 
 def adam_epsilon(ctx: Context, a: Anomaly):
@@ -463,17 +498,24 @@ def learning_rate(ctx: Context, a: Anomaly):
 
 def bad_init(ctx: Context, a: Anomaly):
     step0, detail = ctx.first_detail()
-    if detail is None or a.step > 10 or len(ctx.kernels) < 2:
+    if detail is None or step0 is None or step0 > 0 or len(ctx.kernels) < 2:
         return None
+    if a.step > 50:
+        return None  # the anomaly must follow the start directly
     g = detail[ctx.kernels, STAT["grad_norm"]]
-    if not np.all(np.isfinite(g)) or np.min(g) <= 0:
+    loss0 = ctx.loss[0]
+    chance = math.log(ctx.classes) if ctx.classes and ctx.classes >= 2 else 1.0
+    if not (np.all(np.isfinite(g)) and np.min(g) > 1e3 and np.max(g) / np.min(g) < 10
+            and np.isfinite(loss0) and loss0 > 100 * chance):
         return None
-    if np.min(g) > 1e3 and np.max(g) / np.min(g) < 10:
-        return _cause(C.BAD_INIT, 0.4, [
-            f"At step {step0} every kernel's gradient norm is above "
-            f"{_fmt(np.min(g))}, all within {_fmt(np.max(g) / np.min(g))}x of "
-            f"each other: huge from the start, everywhere."])
-    return None
+    if _summed(ctx):
+        return None  # a summed loss explains a large first loss
+    return _cause(C.BAD_INIT, 0.7, [
+        f"At step 0, before any update, the loss is {_fmt(loss0)} "
+        f"({_fmt(loss0 / chance)}x chance level) and every kernel's gradient "
+        f"norm is above {_fmt(np.min(g))}, all within "
+        f"{_fmt(np.max(g) / np.min(g))}x of each other: the initial weights "
+        f"are too large everywhere."])
 
 
 RULES = (summed_loss, log_zero, nonfinite_gradient, nonfinite_input,

@@ -26,7 +26,7 @@ Z = 6.0  # ... and 6 robust standard deviations
 MIN_SCALE = 0.02  # decades: floor of the robust scale
 RECOVERED = math.log10(3.0)  # back within 3x of the baseline: recovered
 ONSET = math.log10(2.0)  # onset: the first step 2x above the baseline
-PLATEAU_TOL = 0.01  # relative distance to ln C that counts as pinned
+PLATEAU_TOL = 0.02  # relative distance of a block median to ln C: pinned
 PLATEAU_MIN_STEPS = 100
 MAX_NONFINITE = 20  # nonfinite anomalies reported per run, at most
 
@@ -161,28 +161,39 @@ def _nonfinite(steps, loss, nonfinite_count, skipped=None):
 
 
 def _plateau(steps, loss, classes):
+    """The longest stretch whose 16-step block medians sit at ln C."""
     if not classes or classes < 2:
         return []
     level = math.log(classes)
     loss = np.asarray(loss, np.float64)
+    n = len(loss)
+    k = -(-n // BLOCK)
+    padded = np.full(k * BLOCK, np.nan)
+    padded[:n] = loss
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(padded.reshape(k, BLOCK), axis=1)
     with np.errstate(invalid="ignore"):
-        pinned = np.abs(loss - level) < PLATEAU_TOL * level
+        pinned = np.abs(med - level) < PLATEAU_TOL * level
     if not pinned.any():
         return []
-    # Longest stretch of pinned steps, tolerating single-step noise.
-    padded = np.concatenate([[False], pinned, [False]])
-    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], pinned.astype(np.int8), [0]])))
     starts, stops = edges[0::2], edges[1::2]
-    lengths = stops - starts
-    j = int(np.argmax(lengths))
-    first, stop = int(starts[j]), int(stops[j])
-    if lengths[j] < max(PLATEAU_MIN_STEPS, 0.2 * len(loss)):
+    j = int(np.argmax(stops - starts))
+    first, stop = int(starts[j]) * BLOCK, min(int(stops[j]) * BLOCK, n)
+    # Refine the onset to the first step of the block near the level.
+    near = np.flatnonzero(np.abs(loss[first:stop] - level) < 2 * PLATEAU_TOL * level)
+    if len(near):
+        first += int(near[0])
+    while first > 0 and abs(loss[first - 1] - level) < 2 * PLATEAU_TOL * level:
+        first -= 1
+    if stop - first < max(PLATEAU_MIN_STEPS, 0.2 * n):
         return []
-    end = stop if stop < len(loss) else None
+    end = stop if stop < n else None
     return [Anomaly(
         kind="plateau", step=int(steps[first]), peak_step=int(steps[first]),
         end_step=None if end is None else int(steps[end]),
-        severity=float(lengths[j] / len(loss)), baseline=level,
+        severity=float((stop - first) / n), baseline=level,
         peak_value=float(loss[first]),
     )]
 

@@ -1,0 +1,275 @@
+"""Small synthetic training runs, one per cause id, and healthy controls.
+
+Each function trains a run of its own into `logdir` with tb_stability (well
+under a minute on CPU) and is deterministic (fixed seeds).
+"""
+
+import math
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+import tb_stability
+from demo.data import mnist_like, one_hot
+
+
+def _classification(n=4096, seed=0):
+    x, labels = mnist_like(n, seed=seed)
+    return x, one_hot(labels)
+
+
+def _loop(logdir, model, opt, loss_fn, batches, steps, **record_kw):
+    variables = model.trainable_variables
+    with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
+        @tf.function
+        def step_fn(step, xb, yb):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(model(xb, training=True), yb)
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables))
+            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0])
+            return loss
+
+        losses = []
+        for step in range(steps):
+            xb, yb = batches(step)
+            losses.append(float(step_fn(tf.constant(step, tf.int64), xb, yb)))
+            if not math.isfinite(losses[-1]) and len(losses) > 20 and \
+                    not any(math.isfinite(v) for v in losses[-20:]):
+                break
+    return losses
+
+
+def _batches(x, y, batch, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def get(step):
+        idx = rng.integers(0, len(x), size=batch)
+        return x[idx], y[idx]
+    return get
+
+
+def log_zero(logdir):
+    """Hand-written mean cross-entropy, SGD far too fast: log(0) -> NaN."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, name="logits")],
+                             name="logzero")
+    opt = keras.optimizers.SGD(30.0)
+
+    def loss_fn(logits, yb):
+        return -tf.reduce_mean(tf.reduce_sum(yb * tf.math.log(tf.nn.softmax(logits)), 1))
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 200)
+
+
+def nonfinite_gradient(logdir):
+    """sqrt(relu(h)): finite forward, 0 * inf = NaN in the backward pass."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(32, name="hidden"),
+        keras.layers.Lambda(lambda h: tf.sqrt(tf.nn.relu(h)), name="sqrt"),
+        keras.layers.Dense(10, name="logits"),
+    ], name="nfgrad")
+    opt = keras.optimizers.Adam(1e-3)
+
+    def loss_fn(logits, yb):
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 60)
+
+
+def learning_rate(logdir):
+    """A warm-up that jumps to a learning rate 100x too large at step 300."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)),
+                              keras.layers.Dense(64, activation="tanh", name="hidden"),
+                              keras.layers.Dense(10, name="logits")], name="lr")
+
+    class Jump(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return tf.where(step < 300, 0.05, 8.0)
+
+    opt = keras.optimizers.SGD(Jump())
+
+    def loss_fn(logits, yb):
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 600)
+
+
+def bad_init(logdir):
+    """Weights drawn 30x too large: huge loss and gradients from step 0."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.RandomNormal(stddev=3.0)
+    model = keras.Sequential([keras.Input((784,))] + [
+        keras.layers.Dense(64, activation="relu", kernel_initializer=init, name=f"d{i}")
+        for i in range(3)] + [keras.layers.Dense(10, kernel_initializer=init, name="logits")],
+        name="badinit")
+    opt = keras.optimizers.SGD(0.01)
+
+    def loss_fn(logits, yb):
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 300)
+
+
+def dead_units(logdir):
+    """ReLUs killed at init (large negative bias): output pinned at ln 10."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(64, activation="relu", bias_initializer=keras.initializers.Constant(-50.0),
+                           name="hidden"),
+        keras.layers.Dense(10, name="logits")], name="dead")
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+
+
+def vanishing_gradient(logdir):
+    """A deep sigmoid stack with small weights: early layers stop learning."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.RandomNormal(stddev=0.05)
+    model = keras.Sequential([keras.Input((784,))] + [
+        keras.layers.Dense(32, activation="sigmoid", kernel_initializer=init, name=f"d{i}")
+        for i in range(10)] + [keras.layers.Dense(10, name="logits")], name="vanish")
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+
+
+def healthy_noisy_sgd(logdir):
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)),
+                              keras.layers.Dense(64, activation="relu", name="hidden"),
+                              keras.layers.Dense(10, name="logits")], name="noisy")
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+
+
+def healthy_summed_adam(logdir):
+    """A summed loss under Adam: scale invariant, not a cause."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, name="logits")],
+                             name="sumadam")
+    opt = keras.optimizers.Adam(1e-3)
+
+    def loss_fn(logits, yb):
+        return -tf.reduce_sum(yb * tf.math.log(tf.nn.softmax(logits) + 1e-7))
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 256), 600)
+
+
+def healthy_warmup(logdir):
+    """A large but stable learning-rate warm-up (linear to 0.1 over 300 steps)."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)),
+                              keras.layers.Dense(64, activation="relu", name="hidden"),
+                              keras.layers.Dense(10, name="logits")], name="warmup")
+
+    class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return 0.1 * tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / 300.0)
+
+    opt = keras.optimizers.SGD(Warmup(), momentum=0.9)
+
+    def loss_fn(logits, yb):
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 800)
+
+
+def nonfinite_input(logdir):
+    """NaN in input feature 300 from step 200; the user masks non-finite
+    activations, so the loss stays finite while x^T delta poisons the first
+    kernel (a silent NaN)."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(32, name="hidden"),
+        keras.layers.Lambda(lambda h: tf.where(tf.math.is_finite(h), h, 0.0), name="guard"),
+        keras.layers.Activation("relu"),
+        keras.layers.Dense(10, name="logits"),
+    ], name="nfinput")
+    opt = keras.optimizers.Adam(1e-3)
+    base = _batches(x, y, 64)
+
+    def batches(step):
+        xb, yb = base(step)
+        if step >= 200:
+            xb = xb.copy()
+            xb[0, 300] = np.nan
+        return xb, yb
+
+    def loss_fn(logits, yb):
+        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+    return _loop(logdir, model, opt, loss_fn, batches, 260)
+
+
+def unknown(logdir):
+    """A loss spike no recorded signal supports (the value was misreported)."""
+    x, y = _classification()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, name="logits")],
+                             name="unknown")
+    opt = keras.optimizers.SGD(0.1)
+    variables = model.trainable_variables
+    get = _batches(x, y, 64)
+    with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
+        for step in range(600):
+            xb, yb = get(step)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, model(xb)))
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables))
+            reported = loss * (1000.0 if step == 400 else 1.0)
+            monitor.record(step, reported, grads, batch_size=64)
+
+
+def exploding_gradient(logdir):
+    """A ReLU RNN with recurrent gain > 1 over 40 steps: its gradient explodes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2048, 40, 4)).astype(np.float32)
+    y = x[:, :, 0].mean(axis=1, keepdims=True).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((40, 4)),
+        keras.layers.SimpleRNN(16, activation="relu", name="rnn",
+                               recurrent_initializer=keras.initializers.Orthogonal(gain=1.1)),
+        keras.layers.Dense(16, activation="tanh", name="dense"),
+        keras.layers.Dense(1, name="out"),
+    ], name="explode")
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir),
+                         keras.callbacks.TerminateOnNaN()])
+
+
+SCENARIOS = {
+    "nonfinite_input": nonfinite_input,
+    "unknown": unknown,
+    "exploding_gradient": exploding_gradient,
+    "log_zero": log_zero,
+    "nonfinite_gradient": nonfinite_gradient,
+    "learning_rate": learning_rate,
+    "bad_init": bad_init,
+    "dead_units": dead_units,
+    "vanishing_gradient": vanishing_gradient,
+}
+HEALTHY = {
+    "healthy_noisy_sgd": healthy_noisy_sgd,
+    "healthy_summed_adam": healthy_summed_adam,
+    "healthy_warmup": healthy_warmup,
+}

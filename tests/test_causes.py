@@ -47,6 +47,8 @@ def test_nonfinite_input_names_the_feature(tmp_path):
 
 
 def test_every_cause_id_has_a_test():
-    tested = set(WORKING) | COVERED_BY_DEMO
-    missing = set(causes.ALL) - tested - {causes.EXPLODING_GRADIENT}
-    assert not missing, missing
+    # exploding_gradient: rule tested on planted data in
+    # test_attribute_planted.py; its training scenario (a ReLU RNN) does not
+    # yet explode mid-training (see the issue note).
+    tested = set(WORKING) | COVERED_BY_DEMO | {causes.EXPLODING_GRADIENT}
+    assert set(causes.ALL) == tested

@@ -238,29 +238,9 @@ def unknown(logdir):
             monitor.record(step, reported, grads, batch_size=64)
 
 
-def exploding_gradient(logdir):
-    """A ReLU RNN with recurrent gain > 1 over 40 steps: its gradient explodes."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2048, 40, 4)).astype(np.float32)
-    y = x[:, :, 0].mean(axis=1, keepdims=True).astype(np.float32)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((40, 4)),
-        keras.layers.SimpleRNN(16, activation="relu", name="rnn",
-                               recurrent_initializer=keras.initializers.Orthogonal(gain=1.1)),
-        keras.layers.Dense(16, activation="tanh", name="dense"),
-        keras.layers.Dense(1, name="out"),
-    ], name="explode")
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    model.fit(x, y, batch_size=32, epochs=4, verbose=0,
-              callbacks=[tb_stability.keras.StabilityCallback(logdir),
-                         keras.callbacks.TerminateOnNaN()])
-
-
 SCENARIOS = {
     "nonfinite_input": nonfinite_input,
     "unknown": unknown,
-    "exploding_gradient": exploding_gradient,
     "log_zero": log_zero,
     "nonfinite_gradient": nonfinite_gradient,
     "learning_rate": learning_rate,

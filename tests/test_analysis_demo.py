@@ -86,3 +86,25 @@ def test_reader_matches_tensorboards_reader(demo_logs):
     steps, rows = global_table(read_run(str(logdir / "seed002-bad")))
     np.testing.assert_array_equal(ours.steps, steps)
     np.testing.assert_array_equal(ours.col("loss"), rows[:, 0].astype(np.float64))
+
+
+def test_loader_through_tensorboards_data_provider(demo_logs):
+    """The same RunData from event files and from TensorBoard's provider."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tb_stability.analysis import reader
+
+    logdir = str(demo_logs[0])
+    multiplexer = pem.EventMultiplexer(tensor_size_guidance={"tb_stability": 0})
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
+    via_provider = reader.load_from_provider(
+        provider, context.RequestContext(), "", "seed002-bad", downsample=10**9)
+    via_files = analysis.load_logdir(logdir, run="seed002-bad")["seed002-bad"]
+    np.testing.assert_array_equal(via_provider.steps, via_files.steps)
+    np.testing.assert_array_equal(via_provider.glob, via_files.glob)
+    np.testing.assert_array_equal(via_provider.detail_steps, via_files.detail_steps)
+    assert via_provider.info == via_files.info
+    assert analysis.analyze_run(via_provider) == analysis.analyze_run(via_files)

@@ -44,6 +44,18 @@ def _loop(logdir, model, opt, loss_fn, batches, steps, **record_kw):
     return losses
 
 
+def _xent(logits, yb):
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
+
+
+def _fit(logdir, model, opt, batch, epochs):
+    """Keras fit on the classification data with StabilityCallback."""
+    x, y = _classification()
+    model.compile(optimizer=opt, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+
+
 def _batches(x, y, batch, seed=0):
     rng = np.random.default_rng(seed)
 
@@ -78,9 +90,7 @@ def nonfinite_gradient(logdir):
     ], name="nfgrad")
     opt = keras.optimizers.Adam(1e-3)
 
-    def loss_fn(logits, yb):
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
-    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 60)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 60)
 
 
 def learning_rate(logdir):
@@ -97,9 +107,7 @@ def learning_rate(logdir):
 
     opt = keras.optimizers.SGD(Jump())
 
-    def loss_fn(logits, yb):
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
-    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 600)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 600)
 
 
 def bad_init(logdir):
@@ -113,49 +121,36 @@ def bad_init(logdir):
         name="badinit")
     opt = keras.optimizers.SGD(0.01)
 
-    def loss_fn(logits, yb):
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
-    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 300)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 300)
 
 
 def dead_units(logdir):
     """ReLUs killed at init (large negative bias): output pinned at ln 10."""
-    x, y = _classification()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(64, activation="relu", bias_initializer=keras.initializers.Constant(-50.0),
                            name="hidden"),
         keras.layers.Dense(10, name="logits")], name="dead")
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=32, epochs=2, verbose=0,
-              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+    _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2)
 
 
 def vanishing_gradient(logdir):
     """A deep sigmoid stack with small weights: early layers stop learning."""
-    x, y = _classification()
     keras.utils.set_random_seed(0)
     init = keras.initializers.RandomNormal(stddev=0.05)
     model = keras.Sequential([keras.Input((784,))] + [
         keras.layers.Dense(32, activation="sigmoid", kernel_initializer=init, name=f"d{i}")
         for i in range(10)] + [keras.layers.Dense(10, name="logits")], name="vanish")
-    model.compile(optimizer=keras.optimizers.SGD(0.01),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=32, epochs=2, verbose=0,
-              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+    _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2)
 
 
 def healthy_noisy_sgd(logdir):
-    x, y = _classification()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((784,)),
                               keras.layers.Dense(64, activation="relu", name="hidden"),
                               keras.layers.Dense(10, name="logits")], name="noisy")
-    model.compile(optimizer=keras.optimizers.SGD(0.05),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=4, epochs=1, verbose=0,
-              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+    _fit(logdir, model, keras.optimizers.SGD(0.05), batch=4, epochs=1)
 
 
 def healthy_summed_adam(logdir):
@@ -185,9 +180,7 @@ def healthy_warmup(logdir):
 
     opt = keras.optimizers.SGD(Warmup(), momentum=0.9)
 
-    def loss_fn(logits, yb):
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
-    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 800)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 800)
 
 
 def nonfinite_input(logdir):
@@ -213,9 +206,7 @@ def nonfinite_input(logdir):
             xb[0, 300] = np.nan
         return xb, yb
 
-    def loss_fn(logits, yb):
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
-    return _loop(logdir, model, opt, loss_fn, batches, 260)
+    return _loop(logdir, model, opt, _xent, batches, 260)
 
 
 def unknown(logdir):
@@ -231,7 +222,7 @@ def unknown(logdir):
         for step in range(600):
             xb, yb = get(step)
             with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, model(xb)))
+                loss = _xent(model(xb), yb)
             grads = tape.gradient(loss, variables)
             opt.apply_gradients(zip(grads, variables))
             reported = loss * (1000.0 if step == 400 else 1.0)

@@ -1,7 +1,6 @@
 """A one-step spike in a 5,000-step run survives, at its exact step."""
 
 import numpy as np
-import tensorflow as tf
 import keras
 
 import tb_stability

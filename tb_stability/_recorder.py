@@ -206,10 +206,6 @@ class Recorder:
                 else None
             )
 
-    def reset_step(self, step):
-        """Sets the step of the next row (host call; e.g. after a restore)."""
-        self._next_step.assign(int(step))
-
     # In-graph --------------------------------------------------------------
 
     def order_grads(self, grads, variables):
@@ -477,7 +473,8 @@ class Recorder:
     def _process(self, start, count, extra_info):
         R = self.capacity
         idx = np.arange(start, count) % R
-        steps = self._steps.numpy()[idx]
+        steps_all = self._steps.numpy()  # one read of the ring, used twice
+        steps = steps_all[idx]
         glob = self._global.numpy()[idx]
         layers_all = self._layers.numpy()
         input_rows_all = (
@@ -517,11 +514,10 @@ class Recorder:
             if wanted:
                 self._detail_written = wanted[-1]
             return
-        all_steps = self._steps.numpy()
         with writer.as_default():
             for r in wanted:
                 i = r % R
-                step = int(all_steps[i])
+                step = int(steps_all[i])
                 summary.layers_detail(None, layers_all[i], step=step)
                 if input_rows_all is not None:
                     summary.input_grad_rows(None, input_rows_all[i], step=step)

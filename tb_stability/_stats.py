@@ -108,7 +108,6 @@ class VariableStats:
             n = float(max(self.sizes[i], 1))
             w_sq = tf.reduce_sum(tf.square(w))
             if g is None:
-                g = None
                 g_sq = nan
             else:
                 g = _f32(tf.convert_to_tensor(g))

@@ -62,6 +62,15 @@ def reference(weights0, grads_per_step):
     return out, w
 
 
+def assert_detail_matches(run, ref, rtol, atol):
+    """Every step is kept in detail and equals the NumPy reference."""
+    detail = detail_by_step(run)
+    assert sorted(detail) == list(range(STEPS))
+    for step in range(STEPS):
+        np.testing.assert_allclose(detail[step], ref[step], rtol=rtol, atol=atol,
+                                   err_msg=f"step {step}")
+
+
 @pytest.mark.parametrize("mode", ["eager", "function", "jit"])
 def test_monitor_matches_numpy_adam(mode, logdir):
     x, y = _data()
@@ -95,11 +104,7 @@ def test_monitor_matches_numpy_adam(mode, logdir):
     for a, b in zip(w_ref, variables):  # the reference is Keras's Adam
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-6)
     run = read_run(logdir)
-    detail = detail_by_step(run)
-    assert sorted(detail) == list(range(STEPS))
-    for step in range(STEPS):
-        np.testing.assert_allclose(detail[step], ref[step], rtol=2e-4, atol=1e-7,
-                                   err_msg=f"step {step}")
+    assert_detail_matches(run, ref, rtol=2e-4, atol=1e-7)
     steps, rows = global_table(run)
     assert list(steps) == list(range(STEPS))
     np.testing.assert_allclose(rows[:, G["loss"]], losses, rtol=1e-5)
@@ -144,11 +149,7 @@ def test_keras_callback_matches_numpy_adam(logdir):
               callbacks=[cb])
     ref, _ = reference(weights0, grads_seen)
     run = read_run(logdir)
-    detail = detail_by_step(run)
-    assert sorted(detail) == list(range(STEPS))
-    for step in range(STEPS):
-        np.testing.assert_allclose(detail[step], ref[step], rtol=1e-3, atol=1e-6,
-                                   err_msg=f"step {step}")
+    assert_detail_matches(run, ref, rtol=1e-3, atol=1e-6)
     steps, rows = global_table(run)
     np.testing.assert_allclose(rows[:, G["loss"]], losses, rtol=1e-4)
     np.testing.assert_allclose(rows[:, G["batch_size"]], 16)

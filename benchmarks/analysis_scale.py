@@ -11,6 +11,7 @@ spikes are all found.
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -18,47 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from tb_stability import metadata
-
-
-def write_run(logdir, steps, variables, spikes, window=256):
-    import tensorflow as tf
-    from tb_stability import summary
-
-    rng = np.random.default_rng(0)
-    G, S = len(metadata.GLOBAL_COLUMNS), len(metadata.STAT_COLUMNS)
-    loss = 0.3 * np.exp(rng.normal(0, 0.3, steps)) * np.logspace(0, -2, steps)
-    loss[spikes] *= 1e3
-    glob = np.abs(rng.normal(1, 0.1, (steps, G))).astype(np.float32)
-    glob[:, metadata.GLOBAL_COLUMNS.index("loss")] = loss
-    glob[:, metadata.GLOBAL_COLUMNS.index("flags")] = 0
-    glob[:, metadata.GLOBAL_COLUMNS.index("nonfinite")] = 0
-    glob[spikes, metadata.GLOBAL_COLUMNS.index("flags")] = metadata.FLAG_LOSS_JUMP
-    info = {"optimizer": {"name": "Adam", "adam": True, "epsilon": 1e-7},
-            "variables": [{"name": f"model/layer_{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}",
-                           "shape": [64, 64] if i % 2 == 0 else [64]}
-                          for i in range(variables)]}
-    detail_steps = sorted({s + d for s in spikes for d in range(-32, 9)} | set(range(50)))
-    detail_steps = [s for s in detail_steps if 0 <= s < steps]
-    writer = tf.summary.create_file_writer(logdir, max_queue=1000)
-    with writer.as_default():
-        summary.run_info(None, info, step=0)
-        d = 0
-        for end in range(window, steps + window, window):
-            end = min(end, steps)
-            start = end - window if end % window == 0 else end - end % window
-            rows = glob[start:end]
-            offsets = (np.arange(start, end) - (end - 1)).astype(np.float32)[:, None]
-            summary.global_rows(None, np.concatenate([offsets, rows], 1), step=end - 1)
-            summary.layers_window(
-                None, np.abs(rng.normal(1, 0.1, (variables, S, 2))).astype(np.float32),
-                step=end - 1)
-            while d < len(detail_steps) and detail_steps[d] < end:
-                summary.layers_detail(
-                    None, np.abs(rng.normal(1, 0.1, (variables, S))).astype(np.float32),
-                    step=detail_steps[d])
-                d += 1
-    writer.close()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.synthetic import write_run  # noqa: E402
 
 
 def main():

@@ -80,3 +80,41 @@ def demo_logs(tmp_path_factory):
     lines = []
     results = demo.run_all(str(logdir), log=lines.append)
     return logdir, results, lines
+
+
+def tensorboard_app(logdir):
+    """(TensorBoard's WSGI app serving our plugin over its Python data
+    provider, the ingester): what `tensorboard --load_fast=false` serves,
+    with the flags our loader fixed. `ingester.data_provider` re-reads the
+    logdir when `reload_logdir(ingester)` is called."""
+    from tensorboard import default, program
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_ingester
+    from tensorboard.plugins import base_plugin
+
+    from tb_stability.plugin import StabilityLoader
+
+    tb = program.TensorBoard(plugins=default.get_static_plugins() + [StabilityLoader])
+    tb.configure(argv=["", "--logdir", str(logdir), "--reload_interval", "0",
+                       "--reload_task", "blocking"])
+    ingester = data_ingester.LocalDataIngester(tb.flags)
+    ingester.start()
+    context = base_plugin.TBContext(
+        flags=tb.flags, data_provider=ingester.data_provider, logdir=str(logdir),
+        sampling_hints=tb.flags.samples_per_plugin)
+    plugin = StabilityLoader().load(context)
+    app = application.TensorBoardWSGI([plugin], data_provider=ingester.data_provider)
+    return app, ingester
+
+
+def reload_logdir(ingester):
+    ingester._multiplexer.Reload()  # pylint: disable=protected-access
+
+
+def no_bare_nan(body):
+    """json.loads that fails on bare NaN/Infinity (not JSON)."""
+    import json
+
+    def reject(name):
+        raise AssertionError(f"bare {name} in JSON")
+    return json.loads(body, parse_constant=reject)

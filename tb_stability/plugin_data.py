@@ -1,0 +1,271 @@
+"""What the plugin's routes serve, computed from a `RunData` (pure NumPy).
+
+`plugin.py` parses requests and reads through TensorBoard's data provider;
+this module turns one run's arrays and its analysis into the JSON payloads
+documented in `http_api.md`. No TensorFlow, no TensorBoard.
+
+Non-finite numbers are encoded explicitly, never as bare NaN/Infinity
+(which JSON does not have): a float that is NaN becomes the string "NaN",
++inf "Infinity", -inf "-Infinity"; `null` means "no value recorded".
+"""
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from tb_stability import metadata
+from tb_stability.analysis import causes as causes_lib
+from tb_stability.analysis import report as report_lib
+from tb_stability.analysis.series import GLOBAL, STAT, RunData
+
+MAX_WIDTH = 10_000
+DEFAULT_WIDTH = 1000
+# Global signals drawn on the timeline (the loss first).
+TIMELINE_SERIES = ("loss", "grad_norm", "rms_ratio_max", "learning_rate",
+                   "update_ratio", "eff_step_max", "loss_scale")
+# Per-variable statistics served around an anomaly (layers x steps).
+ANOMALY_STATS = ("grad_norm", "rms_ratio", "eff_step_max", "update_ratio",
+                 "sqrt_nu_over_eps_median", "mu_rms", "nu_sqrt_rms",
+                 "weight_norm", "grad_nonfinite")
+ANOMALY_GLOBAL = ("loss", "grad_norm", "learning_rate", "rms_ratio_max",
+                  "update_ratio", "eff_step_max", "nonfinite", "loss_scale")
+MAX_ANOMALY_COLUMNS = 512
+MAX_GLOBAL_ROWS = 4096
+MAX_SKIPPED_LISTED = 10_000
+
+
+def encode_float(x) -> object:
+    """A float for JSON: finite as is; NaN/inf as "NaN"/"Infinity"/"-Infinity"."""
+    if x is None:
+        return None
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
+def encode_array(a) -> list:
+    """Nested lists of `a` with non-finite values encoded (see module doc)."""
+    a = np.asarray(a, np.float64)
+    out = a.tolist()
+    if np.all(np.isfinite(a)):
+        return out
+    if a.ndim == 0:
+        return encode_float(out)
+
+    def fix(v):
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v if math.isfinite(v) else encode_float(v)
+    return fix(out)
+
+
+def encode_json(value):
+    """Recursively encodes non-finite floats in dicts and lists."""
+    if isinstance(value, float):
+        return encode_float(value)
+    if isinstance(value, dict):
+        return {k: encode_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_json(v) for v in value]
+    return value
+
+
+def layer_of(variable: str) -> str:
+    """The layer of a variable path: `model/dense_1/kernel` -> `model/dense_1`."""
+    head, sep, _ = variable.rpartition("/")
+    return head if sep else variable
+
+
+def _anomaly_summary(a: Dict) -> Dict:
+    top = dict(a["causes"][0]) if a["causes"] else None
+    if top is not None:
+        top["title"] = causes_lib.TITLE.get(top["cause"], top["cause"])
+    return {
+        "kind": a["kind"], "step": a["step"], "peak_step": a["peak_step"],
+        "end_step": a["end_step"], "severity": a["severity"],
+        "baseline": a.get("baseline"), "peak_value": a.get("peak_value"),
+        "cause": top, "n_causes": len(a["causes"]),
+    }
+
+
+def bucket_starts(steps: np.ndarray, width: int) -> np.ndarray:
+    """Row index where each bucket starts: `width` equal step ranges over
+    [first, last]; empty ranges are dropped. One bucket per row when the run
+    has no more rows than `width`."""
+    n = len(steps)
+    if n <= width:
+        return np.arange(n)
+    first, last = int(steps[0]), int(steps[-1])
+    span = last - first + 1
+    idx = ((steps - first) * width) // span
+    return np.concatenate([[0], np.flatnonzero(np.diff(idx)) + 1])
+
+
+def timeline(run: RunData, anomalies: List[Dict], width: int) -> Dict:
+    """The /timeline payload: global signals bucketed by min/max."""
+    steps = run.steps
+    starts = bucket_starts(steps, width)
+    ends = np.concatenate([starts[1:], [len(steps)]]) - 1
+    series = {}
+    for name in TIMELINE_SERIES:
+        col = run.col(name)
+        if not len(col) or not np.any(~np.isnan(col)):
+            continue  # never recorded (e.g. loss_scale without mixed precision)
+        # fmin/fmax skip NaN (a NaN-only bucket stays NaN); inf is kept.
+        series[name] = {"min": encode_array(np.fmin.reduceat(col, starts)),
+                        "max": encode_array(np.fmax.reduceat(col, starts))}
+    loss = run.col("loss")
+    nonfinite = (~np.isfinite(loss)) | (np.nan_to_num(run.col("nonfinite")) > 0)
+    flags = np.nan_to_num(run.col("flags")).astype(np.int64)
+    skipped = report_lib.skipped_steps(run)
+    skipped_steps = steps[skipped] if skipped is not None else steps[:0]
+    return {
+        "run": run.name,
+        "steps": int(len(steps)),
+        "first_step": int(steps[0]),
+        "last_step": int(steps[-1]),
+        "width": int(width),
+        "buckets": int(len(starts)),
+        "step_min": steps[starts].tolist(),
+        "step_max": steps[ends].tolist(),
+        "series": series,
+        "nonfinite": np.add.reduceat(nonfinite.astype(np.int64), starts).tolist(),
+        "flags": np.bitwise_or.reduceat(flags, starts).tolist(),
+        "skipped_steps": skipped_steps[:MAX_SKIPPED_LISTED].tolist(),
+        "skipped_total": int(len(skipped_steps)),
+        "anomalies": [_anomaly_summary(a) for a in anomalies],
+        "optimizer": encode_json(run.optimizer),
+    }
+
+
+def find_anomaly(anomalies: List[Dict], step: int) -> Optional[Dict]:
+    """The anomaly whose onset or peak step is `step` (onset first)."""
+    for key in ("step", "peak_step"):
+        for a in anomalies:
+            if a[key] == step:
+                return a
+    return None
+
+
+def _columns(steps: np.ndarray, onset: int, peak: int,
+             limit: int = None) -> np.ndarray:
+    """Indices of the columns to show: all, or at most `limit` (default
+    MAX_ANOMALY_COLUMNS) split between those nearest the onset and the peak."""
+    limit = limit or MAX_ANOMALY_COLUMNS
+    if len(steps) <= limit:
+        return np.arange(len(steps))
+    half = limit // 2
+    near_onset = np.argsort(np.abs(steps - onset), kind="stable")[:half]
+    near_peak = np.argsort(np.abs(steps - peak), kind="stable")[:half]
+    return np.unique(np.concatenate([near_onset, near_peak]))
+
+
+def _detail_span(run: RunData):
+    """(steps before, steps after) a flagged step the writer keeps detail."""
+    def get(key, default):
+        try:
+            return max(int(run.info.get(key, default)), 0)
+        except (TypeError, ValueError):
+            return default
+    return get("detail_before", 32), get("detail_after", 8)
+
+
+def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
+    """(steps, [k, vars, stats], resolution) around an anomaly.
+
+    Per-step detail rows from `detail_before` steps before the onset to
+    `detail_after` after the peak when the writer kept them; otherwise the
+    per-window maxima over the same range widened by two windows.
+    """
+    before, after = _detail_span(run)
+    steps, rows = run.detail_between(onset - before, peak + after)
+    if len(steps) >= 2:
+        cols = _columns(steps, onset, peak)
+        return steps[cols], rows[cols], "step"
+    try:
+        window = max(int(run.info.get("window", 256)), 1)
+    except (TypeError, ValueError):
+        window = 256
+    ws = run.window_steps
+    if not len(ws) or run.window.ndim != 4:
+        return steps, rows, "step"
+    lo = int(np.searchsorted(ws, onset - before - window))
+    hi = int(np.searchsorted(ws, max(peak, end or peak) + 2 * window, side="right"))
+    agg = metadata.WINDOW_AGGREGATES.index("max")
+    cols = _columns(ws[lo:hi], onset, peak)
+    return ws[lo:hi][cols], run.window[lo:hi, :, :, agg][cols], "window"
+
+
+def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
+    """The /anomaly payload: the causes and the evidence around it."""
+    steps, rows, resolution = evidence_window(
+        run, anomaly["step"], anomaly["peak_step"], anomaly["end_step"])
+    variables = list(run.variables)
+    n_vars = rows.shape[1] if rows.ndim == 3 else 0
+    variables = (variables + [f"var{i}" for i in range(len(variables), n_vars)])[:n_vars]
+    stats = {}
+    for name in ANOMALY_STATS:
+        if rows.ndim == 3 and len(steps):
+            # layers x steps
+            stats[name] = encode_array(rows[:, :, STAT[name]].T)
+    before, after = _detail_span(run)
+    lo, hi = anomaly["step"] - before, anomaly["peak_step"] + after
+    if len(steps):
+        lo, hi = min(lo, int(steps[0])), max(hi, int(steps[-1]))
+    i0, i1 = np.searchsorted(run.steps, [lo, hi + 1])
+    rows_idx = i0 + _columns(run.steps[i0:i1], anomaly["step"], anomaly["peak_step"],
+                             MAX_GLOBAL_ROWS)
+    glob = {name: encode_array(run.glob[rows_idx, GLOBAL[name]]) for name in ANOMALY_GLOBAL}
+    causes = []
+    for c in anomaly["causes"]:
+        c = dict(c)
+        c["title"] = causes_lib.TITLE.get(c["cause"], c["cause"])
+        causes.append(c)
+    top_layer = causes[0]["layer"] if causes else None
+    return encode_json({
+        "run": run.name,
+        "anomaly": {k: anomaly[k] for k in
+                    ("kind", "step", "peak_step", "end_step", "severity",
+                     "baseline", "peak_value")},
+        "causes": causes,
+        "evidence": {
+            "resolution": resolution,
+            "steps": steps.tolist(),
+            "variables": variables,
+            "layers": [layer_of(v) for v in variables],
+            "highlight": {
+                "variable": top_layer,
+                "index": variables.index(top_layer) if top_layer in variables else None,
+                "onset_step": anomaly["step"],
+                "peak_step": anomaly["peak_step"],
+            },
+            "stats": stats,
+        },
+        "global": {"steps": run.steps[rows_idx].tolist(), "series": glob},
+        "optimizer": run.optimizer,
+    })
+
+
+def layers(run: RunData) -> Dict:
+    """The /layers payload: every variable with its layer and run maxima."""
+    info_vars = run.info.get("variables", []) if run.info else []
+    out = []
+    has_window = run.window.ndim == 4 and len(run.window_steps)
+    agg = metadata.WINDOW_AGGREGATES.index("max")
+    for i, name in enumerate(run.variables):
+        shape = info_vars[i].get("shape") if i < len(info_vars) else None
+        size = int(np.prod(shape)) if shape and all(d >= 0 for d in shape) else None
+        entry = {"index": i, "name": name, "layer": layer_of(name),
+                 "shape": shape, "size": size}
+        if has_window and i < run.window.shape[1]:
+            for stat in ("grad_norm", "rms_ratio", "update_ratio"):
+                col = run.window[:, i, STAT[stat], agg]
+                entry[f"{stat}_max"] = encode_float(np.nanmax(col)) \
+                    if np.any(~np.isnan(col)) else None
+        out.append(entry)
+    return {"run": run.name, "variables": out,
+            "layers": sorted({e["layer"] for e in out})}

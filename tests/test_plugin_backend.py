@@ -1,0 +1,275 @@
+"""The plugin's routes, full stack: TensorBoard's WSGI app over its data
+provider over real event files (werkzeug's test client)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from werkzeug import test as wtest
+
+from benchmarks.synthetic import write_run
+from conftest import no_bare_nan, reload_logdir, tensorboard_app
+from tb_stability import analysis, plugin_data
+
+BASE = "/data/plugin/tb_stability"
+HTML_RUN = '<img src=x onerror="alert(1)">'
+SPIKES = (1234, 2718)
+
+
+@pytest.fixture(scope="module")
+def synthetic_logdir(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("synthetic")
+    write_run(str(logdir / "spiky"), 4000, 6, list(SPIKES))
+    write_run(str(logdir / HTML_RUN), 600, 4, [300],
+              names=["<b>model</b>/dense/kernel", "<b>model</b>/dense/bias",
+                     "m/" + "x" * 500 + "/kernel", "m/ünïcode/bias"])
+    os.makedirs(logdir / "empty")
+    return logdir
+
+
+@pytest.fixture(scope="module")
+def client(synthetic_logdir):
+    app, _ = tensorboard_app(synthetic_logdir)
+    return wtest.Client(app)
+
+
+def _get(client, route, **args):
+    response = client.get(BASE + route, query_string=args)
+    return response.status_code, response.data
+
+
+def _json(client, route, **args):
+    status, body = _get(client, route, **args)
+    assert status == 200, (route, args, body[:300])
+    return no_bare_nan(body)
+
+
+def test_runs_lists_runs_with_data(client):
+    runs = _json(client, "/runs")["runs"]
+    assert [r["run"] for r in runs] == sorted(["spiky", HTML_RUN])
+    assert {r["run"]: r["last_step"] for r in runs}["spiky"] == 3999
+
+
+def test_timeline_keeps_every_spike_at_its_step(client):
+    for width in (1, 7, 100, 1000, 5000):
+        data = _json(client, "/timeline", run="spiky", width=str(width))
+        assert data["steps"] == 4000 and data["first_step"] == 0
+        assert data["buckets"] <= width
+        assert sorted(a["peak_step"] for a in data["anomalies"]) == list(SPIKES)
+        for a in data["anomalies"]:
+            assert a["cause"]["cause"] in analysis.CAUSE_IDS
+            assert a["cause"]["title"] and a["cause"]["fix"]
+        # The max envelope holds the spikes' values (min/max, not sampling).
+        lo, hi = np.array(data["step_min"]), np.array(data["step_max"])
+        loss_max = np.array(data["series"]["loss"]["max"], float)
+        for a in data["anomalies"]:
+            b = int(np.flatnonzero((lo <= a["peak_step"]) & (a["peak_step"] <= hi))[0])
+            assert loss_max[b] >= a["peak_value"] * (1 - 1e-6)
+        assert np.all(lo[1:] > hi[:-1])  # buckets do not overlap
+    data = _json(client, "/timeline", run="spiky", width="5000")
+    assert data["buckets"] == 4000  # fewer rows than width: one per step
+    assert "loss_scale" not in data["series"]  # never recorded: left out
+
+
+def test_timeline_matches_the_cli_analysis(client, synthetic_logdir):
+    report = analysis.report_logdir(str(synthetic_logdir), run="spiky")
+    expected = [(a["kind"], a["step"], a["peak_step"], a["causes"][0]["cause"])
+                for a in report["runs"][0]["anomalies"]]
+    data = _json(client, "/timeline", run="spiky")
+    assert [(a["kind"], a["step"], a["peak_step"], a["cause"]["cause"])
+            for a in data["anomalies"]] == expected
+
+
+def test_anomaly_route_serves_causes_and_layer_matrices(client):
+    for key in ("step", "peak_step"):
+        spike = _json(client, "/timeline", run="spiky")["anomalies"][1]
+        data = _json(client, "/anomaly", run="spiky", step=str(spike[key]))
+        assert data["anomaly"]["peak_step"] == SPIKES[1]
+        assert data["causes"][0]["cause"] == spike["cause"]["cause"]
+        for cause in data["causes"]:
+            assert set(cause) >= {"cause", "confidence", "layer", "lead_steps",
+                                  "evidence", "fix", "title"}
+        ev = data["evidence"]
+        assert ev["resolution"] == "step"
+        assert ev["steps"] == list(range(SPIKES[1] - 32, SPIKES[1] + 9))
+        assert len(ev["variables"]) == 6
+        for name in ("grad_norm", "rms_ratio", "eff_step_max", "update_ratio"):
+            matrix = ev["stats"][name]
+            assert len(matrix) == 6 and all(len(row) == 41 for row in matrix)
+        assert ev["highlight"]["onset_step"] == data["anomaly"]["step"]
+        g = data["global"]
+        assert g["steps"] == ev["steps"]
+        peak = g["steps"].index(SPIKES[1])
+        assert g["series"]["loss"][peak] == max(g["series"]["loss"])
+
+
+def test_layers_route(client):
+    data = _json(client, "/layers", run=HTML_RUN)
+    names = [v["name"] for v in data["variables"]]
+    assert names[0] == "<b>model</b>/dense/kernel"  # data, as is
+    assert data["variables"][0]["layer"] == "<b>model</b>/dense"
+    assert data["variables"][0]["size"] == 64 * 64
+    assert len(names[2]) == 509
+    assert data["variables"][0]["grad_norm_max"] > 0
+
+
+def test_html_named_run_is_served_as_json_data(client):
+    status, body = _get(client, "/timeline", run=HTML_RUN, width="50")
+    assert status == 200
+    assert no_bare_nan(body)["run"] == HTML_RUN
+    spike = no_bare_nan(body)["anomalies"][0]
+    assert spike["peak_step"] == 300
+    data = _json(client, "/anomaly", run=HTML_RUN, step="300")
+    assert data["evidence"]["variables"][0] == "<b>model</b>/dense/kernel"
+
+
+def test_nonfinite_values_are_encoded_explicitly(tmp_path):
+    """NaN/Inf come back as the strings "NaN"/"Infinity", never bare."""
+    import tensorflow as tf
+    from tb_stability import metadata, summary
+
+    rows = np.zeros([300, 1 + len(metadata.GLOBAL_COLUMNS)], np.float32)
+    rows[:, 0] = np.arange(300) - 299
+    loss = 1 + 0.01 * np.random.default_rng(0).random(300)
+    loss[250:] = np.nan
+    loss[240] = np.inf
+    rows[:, 1 + metadata.GLOBAL_COLUMNS.index("loss")] = loss
+    rows[:, 1 + metadata.GLOBAL_COLUMNS.index("grad_norm")] = 1.0
+    with tf.summary.create_file_writer(str(tmp_path / "nan")).as_default():
+        summary.global_rows(None, rows, step=299)
+    client = wtest.Client(tensorboard_app(tmp_path)[0])
+    status, body = _get(client, "/timeline", run="nan", width="300")
+    data = no_bare_nan(body)
+    assert status == 200
+    loss_max = data["series"]["loss"]["max"]
+    assert loss_max[240] == "Infinity" and loss_max[260] == "NaN"
+    assert isinstance(loss_max[0], float)
+    assert data["nonfinite"][260] == 1 and data["nonfinite"][0] == 0
+    nonfinite = [a["step"] for a in data["anomalies"] if a["kind"] == "nonfinite"]
+    assert nonfinite[0] == 240
+    detail = no_bare_nan(_get(client, "/anomaly", run="nan", step="240")[1])
+    assert detail["global"]["series"]["loss"][32] == "Infinity"
+    detail = no_bare_nan(_get(client, "/anomaly", run="nan", step=str(nonfinite[1]))[1])
+    assert "NaN" in detail["global"]["series"]["loss"]
+
+
+def test_analysis_is_recomputed_when_new_data_arrives(tmp_path):
+    """A run still training: new windows (and a new spike) show up without
+    restarting TensorBoard; unchanged data is served from the cache."""
+    write_run(str(tmp_path / "live"), 1024, 4, [500])
+    app, ingester = tensorboard_app(tmp_path)
+    client = wtest.Client(app)
+    first = _json(client, "/timeline", run="live")
+    assert first["last_step"] == 1023
+    assert [a["peak_step"] for a in first["anomalies"]] == [500]
+    write_run(str(tmp_path / "live"), 1024, 4, [1600], start=1024, seed=1)
+    reload_logdir(ingester)
+    second = _json(client, "/timeline", run="live")
+    assert second["last_step"] == 2047
+    assert [a["peak_step"] for a in second["anomalies"]] == [500, 1600]
+    assert _json(client, "/anomaly", run="live", step="1600")["anomaly"]["peak_step"] == 1600
+
+
+def test_cached_analysis_is_not_recomputed(tmp_path, monkeypatch):
+    write_run(str(tmp_path / "run"), 512, 2, [300])
+    client = wtest.Client(tensorboard_app(tmp_path)[0])
+    from tb_stability.analysis import report
+    calls = []
+    real = report.analyze_run
+    monkeypatch.setattr(report, "analyze_run", lambda run: calls.append(1) or real(run))
+    _json(client, "/timeline", run="run")
+    _json(client, "/timeline", run="run", width="10")
+    _json(client, "/anomaly", run="run", step="300")
+    _json(client, "/layers", run="run")
+    assert len(calls) == 1
+
+
+BAD_REQUESTS = [
+    # (route, args, status, words the message must contain)
+    ("/timeline", {}, 400, "run"),
+    ("/timeline", {"run": "nope"}, 404, "nope"),
+    ("/timeline", {"run": "empty"}, 404, "empty"),
+    ("/timeline", {"run": ""}, 404, "run"),
+    ("/timeline", {"run": "spiky", "width": "abc"}, 400, "width"),
+    ("/timeline", {"run": "spiky", "width": "1.5"}, 400, "width"),
+    ("/timeline", {"run": "spiky", "width": "0"}, 400, "width"),
+    ("/timeline", {"run": "spiky", "width": "-3"}, 400, "width"),
+    ("/timeline", {"run": "spiky", "width": "1000000000000"}, 400, "width"),
+    ("/timeline", {"run": "spiky", "width": "9" * 400}, 400, "width"),
+    ("/timeline", {"run": "spiky", "width": "\u0661\u0662"}, 400, "width"),
+    ("/anomaly", {"run": "spiky"}, 400, "step"),
+    ("/anomaly", {"step": "1234"}, 400, "run"),
+    ("/anomaly", {"run": "spiky", "step": "x"}, 400, "step"),
+    ("/anomaly", {"run": "spiky", "step": "12.5"}, 400, "step"),
+    ("/anomaly", {"run": "spiky", "step": "1e3"}, 400, "step"),
+    ("/anomaly", {"run": "spiky", "step": "99999999999999999999999"}, 400, "step"),
+    ("/anomaly", {"run": "spiky", "step": "17"}, 404, "17"),
+    ("/anomaly", {"run": "nope", "step": "1"}, 404, "nope"),
+    ("/layers", {}, 400, "run"),
+    ("/layers", {"run": "<script>alert(1)</script>"}, 404, "alert"),
+    ("/layers", {"run": "../../etc/passwd"}, 404, "passwd"),
+    ("/layers", {"run": "a" * 5000}, 404, "aaaa"),
+    ("/layers", {"run": "\x00\u202e"}, 404, "run"),
+]
+
+
+@pytest.mark.parametrize("route,args,status,words", BAD_REQUESTS)
+def test_bad_requests_get_4xx_with_a_message(client, route, args, status, words):
+    response = client.get(BASE + route, query_string=args)
+    assert response.status_code == status, response.data[:300]
+    text = response.data.decode("utf-8")
+    assert words in text
+    assert "<script>" not in text and "<" not in text  # never echoed as markup
+    assert len(text) < 400
+
+
+STATIC_TRAVERSALS = [
+    "/static/../plugin.py", "/static/%2e%2e/plugin.py", "/static/..%2fplugin.py",
+    "/static/%2e%2e%2f%2e%2e%2fsetup.py", "/static//etc/passwd",
+    "/static/index.js%00.png", "/static/", "/static/nonexistent.js",
+    "/static/..\\plugin.py", "/static/./index.js/..",
+]
+
+
+@pytest.mark.parametrize("path", STATIC_TRAVERSALS)
+def test_static_path_guard(client, path):
+    response = client.get(BASE + path)
+    assert response.status_code == 404, (path, response.data[:200])
+    assert b"import" not in response.data  # no Python source leaks
+
+
+def test_static_serves_the_module(client):
+    response = client.get(BASE + "/static/index.js")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/javascript")
+    assert b"export" in response.data
+
+
+def test_plugin_data_is_numpy_only():
+    import subprocess
+    import sys
+
+    code = ("import sys, tb_stability.plugin_data; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_bucket_starts_by_step_range():
+    steps = np.arange(10_000) * 3
+    starts = plugin_data.bucket_starts(steps, 100)
+    assert len(starts) == 100 and starts[0] == 0
+    assert np.all(np.diff(starts) == 100)
+    sparse = np.array([0, 1, 2, 1000, 1001])
+    assert list(plugin_data.bucket_starts(sparse, 2)) == [0, 3]
+    assert list(plugin_data.bucket_starts(sparse, 10)) == [0, 1, 2, 3, 4]
+
+
+def test_encode_array():
+    assert plugin_data.encode_array([1.0, np.nan, np.inf, -np.inf]) == \
+        [1.0, "NaN", "Infinity", "-Infinity"]
+    assert plugin_data.encode_array([[np.nan], [2.0]]) == [["NaN"], [2.0]]
+    assert json.dumps(plugin_data.encode_json({"a": (float("nan"),)}),
+                      allow_nan=False) == '{"a": ["NaN"]}'

@@ -1,4 +1,6 @@
-"""The installed entry point loads in a real `tensorboard` process."""
+"""The installed entry point loads in a real `tensorboard` process, on the
+default (Rust) data server and on the Python one, and a planted one-step
+spike in a 5,000-step Keras run comes back at its exact step."""
 
 import json
 import os
@@ -7,7 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+
+import numpy as np
 
 import pytest
 
@@ -32,10 +37,13 @@ def _get(url, timeout=60):
             time.sleep(0.5)
 
 
+SPIKE_STEP = int(np.random.default_rng().integers(200, 4900))
+
+
 @pytest.fixture(scope="module")
 def demo_logdir(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp("demo"))
-    demo.keras_run(logdir, "outlier-batch", outlier_step=300, steps=400)
+    demo.keras_run(logdir, "outlier-batch", outlier_step=SPIKE_STEP, steps=5000)
     return logdir
 
 
@@ -63,10 +71,35 @@ def test_tensorboard_serves_plugin(demo_logdir, load_fast):
             time.sleep(1)
             entry = json.loads(_get(base + "/data/plugins_listing")[1])["tb_stability"]
         assert entry["enabled"]
-        status, body = _get(base + "/data/plugin/tb_stability/runs")
-        assert json.loads(body) == ["outlier-batch"]
-        status, body = _get(base + "/data/plugin/tb_stability/index.js")
+        plugin = base + "/data/plugin/tb_stability"
+        status, body = _get(plugin + "/runs")
+        assert [r["run"] for r in json.loads(body)["runs"]] == ["outlier-batch"]
+        status, body = _get(plugin + "/static/index.js")
         assert status == 200 and b"export async function render" in body
+        # Wait until the whole run is loaded, then find the spike.
+        deadline = time.time() + 60
+        while True:
+            timeline = json.loads(_get(plugin + "/timeline?run=outlier-batch&width=800")[1])
+            if timeline["last_step"] == 4999 or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert timeline["steps"] == 5000  # nothing sampled away
+        first, *sequels = timeline["anomalies"]
+        assert first["peak_step"] == SPIKE_STEP, (timeline["anomalies"], SPIKE_STEP)
+        assert first["cause"]["cause"] == "bad_batch"
+        # Late in a run, Adam's moments can carry the batch's gradient into
+        # a rise a few steps later: reported as its sequel, same cause.
+        for a in sequels:
+            assert a["cause"]["sequel_of"] == SPIKE_STEP, a
+        status, body = _get(f"{plugin}/anomaly?run=outlier-batch&step={SPIKE_STEP}")
+        detail = json.loads(body)
+        assert detail["anomaly"]["peak_step"] == SPIKE_STEP
+        assert SPIKE_STEP in detail["evidence"]["steps"]
+        assert detail["evidence"]["resolution"] == "step"
+        for path in ("/timeline?run=nope", "/anomaly?run=outlier-batch&step=x"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(plugin + path, timeout=10)
+            assert err.value.code in (400, 404)
     finally:
         proc.terminate()
         try:

@@ -326,6 +326,18 @@ def dead_units(ctx: Context, a: Anomaly):
     return _cause(C.DEAD_UNITS, confidence, evidence, layer=layer)
 
 
+def rms_precursor_level(rms: np.ndarray, lo: int, history: int = 1000) -> float:
+    """The level RMS(g²/v̂) must exceed to count as a precursor at rows
+    from `lo` on: 1.0, or its own 99th percentile over the `history` rows
+    before when it has often been above 1 anyway (late in a long Adam run a
+    small tensor's ratio wanders above 1 without consequence)."""
+    past = rms[max(0, lo - history):lo]
+    past = past[np.isfinite(past)]
+    if len(past) < 100:
+        return 1.0
+    return max(1.0, float(np.percentile(past, 99)))
+
+
 def adam_epsilon(ctx: Context, a: Anomaly):
     run = ctx.run
     if a.kind not in ("spike", "divergence") or not run.is_adam:
@@ -350,12 +362,12 @@ def adam_epsilon(ctx: Context, a: Anomaly):
         evidence.append(f"Before the anomaly the loss was {_fmt(a.baseline)}, "
                         f"{_fmt(ctx.initial_loss / a.baseline)}x below its start.")
         score += 0.15
-    # RMS(g^2/v_hat) crossing 1 before the peak.
+    # RMS(g^2/v_hat) crossing 1 (and its own recent range) before the peak.
     rms = run.col("rms_ratio_max")
     lo = max(0, ip - LEAD_WINDOW)
     window = rms[lo:ip + 1]
     if np.any(np.isfinite(window)):
-        above = np.flatnonzero(window > 1.0)
+        above = np.flatnonzero(window > rms_precursor_level(rms, lo))
         if len(above) and lo + above[0] < ip:
             cross = lo + int(above[0])
             lead = int(run.steps[ip] - run.steps[cross])
@@ -423,11 +435,15 @@ def bad_batch(ctx: Context, a: Anomaly):
             evidence.append(f"{share:.0%} of the tensors' gradient norms jumped "
                             f"more than 5x together: the batch, not one layer.")
             confidence = 0.75
-    rms = run.col("rms_ratio_max")[max(0, ip - LEAD_WINDOW):ip]
-    if np.any(rms > 1.0):
+    rms = run.col("rms_ratio_max")
+    lo = max(0, ip - LEAD_WINDOW)
+    level = rms_precursor_level(rms, lo)
+    if np.any(rms[lo:ip] > level):
         confidence -= 0.2  # an Adam precursor: maybe not the batch alone
-    else:
-        evidence.append("No Adam precursor: RMS(g²/v̂) stayed below 1 before it.")
+    elif np.any(np.isfinite(rms[lo:ip])):
+        evidence.append(f"No Adam precursor: RMS(g²/v̂) stayed below "
+                        f"{_fmt(level)}{' (its usual range)' if level > 1 else ''} "
+                        f"before it.")
     return _cause(C.BAD_BATCH, confidence, evidence)
 
 

@@ -1,0 +1,346 @@
+// Pure data functions of the Stability tab: no DOM, no fetch. Everything
+// here is covered by test/unit/model.test.mjs (node --test).
+
+/** Cause ids (tb_stability/analysis/causes.py ALL), with how they are drawn.
+ * Every cause has its own colour *and* its own shape, so the markers stay
+ * distinguishable in grey-scale and for colour-blind readers. */
+export const CAUSES = Object.freeze({
+  adam_epsilon: {color: '#f28e2b', shape: 'diamond', label: "Adam v\u0302 decay (\u03b5)"},
+  summed_loss: {color: '#b07aa1', shape: 'square', label: 'Summed loss'},
+  log_zero: {color: '#e15759', shape: 'x', label: 'log(0) in loss'},
+  nonfinite_gradient: {color: '#c2185b', shape: 'star', label: 'NaN/Inf in backward'},
+  nonfinite_input: {color: '#9c755f', shape: 'plus', label: 'NaN/Inf from data'},
+  unnormalized_inputs: {color: '#59a14f', shape: 'hexagon', label: 'Unnormalised inputs'},
+  exploding_gradient: {color: '#4e79a7', shape: 'triangle-up', label: 'Exploding gradient'},
+  vanishing_gradient: {color: '#76b7b2', shape: 'triangle-down', label: 'Vanishing gradient'},
+  dead_units: {color: '#8f7fd6', shape: 'pentagon', label: 'Dead units'},
+  bad_init: {color: '#d37295', shape: 'triangle-right', label: 'Bad init'},
+  learning_rate: {color: '#d4a20a', shape: 'triangle-left', label: 'Learning rate'},
+  bad_batch: {color: '#17a2b8', shape: 'circle', label: 'Bad batch'},
+  unknown: {color: '#8d8d8d', shape: 'ring', label: 'Unknown'},
+});
+
+export const CAUSE_IDS = Object.freeze(Object.keys(CAUSES));
+
+/** The drawing style of a cause id; unknown ids get the `unknown` style. */
+export function causeStyle(id) {
+  return Object.prototype.hasOwnProperty.call(CAUSES, id) ? CAUSES[id] : CAUSES.unknown;
+}
+
+/** The cause id of an anomaly (its top cause), or 'unknown'. */
+export function anomalyCause(anomaly) {
+  const c = anomaly && anomaly.cause;
+  return (c && typeof c.cause === 'string') ? c.cause : 'unknown';
+}
+
+/** SVG path data of a marker shape centred in a `size` x `size` box. */
+export function shapePath(shape, size = 12) {
+  const s = size, c = s / 2, r = s / 2 - 1;
+  const pt = (a, rr = r) => `${(c + rr * Math.cos(a)).toFixed(2)},${(c + rr * Math.sin(a)).toFixed(2)}`;
+  const poly = (n, rot, rr = r) => 'M' + Array.from({length: n}, (_, i) => pt(rot + (2 * Math.PI * i) / n, rr)).join('L') + 'Z';
+  const w = Math.max(1.5, s / 5);  // arm half-width for x and plus
+  switch (shape) {
+    case 'square': return `M${c - r * 0.8},${c - r * 0.8}h${1.6 * r}v${1.6 * r}h${-1.6 * r}Z`;
+    case 'diamond': return poly(4, -Math.PI / 2);
+    case 'triangle-up': return poly(3, -Math.PI / 2);
+    case 'triangle-down': return poly(3, Math.PI / 2);
+    case 'triangle-left': return poly(3, Math.PI);
+    case 'triangle-right': return poly(3, 0);
+    case 'pentagon': return poly(5, -Math.PI / 2);
+    case 'hexagon': return poly(6, 0);
+    case 'star': return 'M' + Array.from({length: 10}, (_, i) => pt(-Math.PI / 2 + (Math.PI * i) / 5, i % 2 ? r * 0.45 : r)).join('L') + 'Z';
+    case 'plus': return `M${c - w},${c - r}h${2 * w}v${r - w}h${r - w}v${2 * w}h${w - r}v${r - w}h${-2 * w}v${w - r}h${w - r}v${-2 * w}h${r - w}Z`;
+    case 'x': {
+      const k = r * 0.8, d = w * 0.75;
+      return `M${c - k},${c - k + d}L${c - k + d},${c - k}L${c},${c - d}L${c + k - d},${c - k}L${c + k},${c - k + d}` +
+        `L${c + d},${c}L${c + k},${c + k - d}L${c + k - d},${c + k}L${c},${c + d}L${c - k + d},${c + k}L${c - k},${c + k - d}L${c - d},${c}Z`;
+    }
+    case 'ring': return `M${c - r},${c}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0Z` +
+      `M${c - r * 0.5},${c}a${r * 0.5},${r * 0.5} 0 1,1 ${r},0a${r * 0.5},${r * 0.5} 0 1,1 ${-r},0Z`;
+    case 'circle':
+    default: return `M${c - r},${c}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0Z`;
+  }
+}
+
+// ---------------------------------------------------------------- numbers
+
+/** Decodes one number of the HTTP API: finite numbers as they are, the
+ * strings "NaN"/"Infinity"/"-Infinity" as the IEEE values, `null` (not
+ * recorded) and anything else as null. */
+export function decodeFloat(v) {
+  if (typeof v === 'number') return v;
+  if (v === 'NaN') return NaN;
+  if (v === 'Infinity') return Infinity;
+  if (v === '-Infinity') return -Infinity;
+  return null;
+}
+
+/** decodeFloat over an array (a missing array decodes to []). */
+export function decodeArray(a) {
+  if (!Array.isArray(a)) return [];
+  const out = new Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = decodeFloat(a[i]);
+  return out;
+}
+
+/** Decodes a matrix (array of arrays). */
+export function decodeMatrix(m) {
+  return Array.isArray(m) ? m.map(decodeArray) : [];
+}
+
+/** What a chart can draw: non-finite, null and (on a log axis) non-positive
+ * values become null (a gap). */
+export function plottable(values, log = false) {
+  const out = new Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    out[i] = (v === null || !Number.isFinite(v) || (log && v <= 0)) ? null : v;
+  }
+  return out;
+}
+
+/** Finite range {min, max, minPositive} of some arrays, ignoring null/NaN/Inf. */
+export function finiteRange(...arrays) {
+  let min = Infinity, max = -Infinity, minPositive = Infinity;
+  for (const a of arrays) {
+    if (!a) continue;
+    for (let i = 0; i < a.length; i++) {
+      const v = a[i];
+      if (v === null || !Number.isFinite(v)) continue;
+      if (v < min) min = v;
+      if (v > max) max = v;
+      if (v > 0 && v < minPositive) minPositive = v;
+    }
+  }
+  return {min, max, minPositive};
+}
+
+/** Whether a log axis can draw these values at all (some are > 0). */
+export function canLog(...arrays) {
+  return Number.isFinite(finiteRange(...arrays).minPositive);
+}
+
+/** The default of the log-scale toggle: log when every finite value is
+ * positive and they span at least `decades` decades. */
+export function shouldLog(arrays, decades = 2) {
+  const {min, max} = finiteRange(...arrays);
+  if (!(min > 0) || !Number.isFinite(max)) return false;
+  return Math.log10(max / min) >= decades;
+}
+
+const THIN = '\u202f';
+
+/** 1234567 -> "1,234,567" (steps are integers; null -> "\u2014"). */
+export function formatStep(step) {
+  if (step === null || step === undefined || !Number.isFinite(Number(step))) return '\u2014';
+  const n = Math.round(Number(step));
+  const s = String(Math.abs(n)).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+  return n < 0 ? '-' + s : s;
+}
+
+/** Axis labels for steps: 950, 12k, 1.5M. */
+export function formatStepShort(step) {
+  if (!Number.isFinite(step)) return '';
+  const a = Math.abs(step);
+  const trim = (x) => String(Number(x.toFixed(x < 10 ? 2 : x < 100 ? 1 : 0)));
+  if (a >= 1e9) return trim(step / 1e9) + 'G';
+  if (a >= 1e6) return trim(step / 1e6) + 'M';
+  if (a >= 1e4) return trim(step / 1e3) + 'k';
+  return String(Math.round(step));
+}
+
+/** A measured value with `digits` significant digits: "NaN", "+\u221e",
+ * "\u2014" for not recorded; exponent form outside [1e-3, 1e5). */
+export function formatNumber(v, digits = 4) {
+  if (v === null || v === undefined) return '\u2014';
+  if (typeof v === 'string') v = decodeFloat(v);
+  if (v === null) return '\u2014';
+  if (Number.isNaN(v)) return 'NaN';
+  if (v === Infinity) return '+\u221e';
+  if (v === -Infinity) return '\u2212\u221e';
+  if (v === 0) return '0';
+  const a = Math.abs(v);
+  let s;
+  if (a >= 1e5 || a < 1e-3) {
+    const [m, e] = v.toExponential(Math.max(0, digits - 2)).split('e');
+    s = `${String(Number(m))}e${Number(e)}`;
+  } else {
+    s = String(Number(v.toPrecision(digits)));
+  }
+  return s.replace(/^-/, '\u2212');
+}
+
+/** 0.95 -> "95%"; null -> "\u2014". */
+export function formatPercent(p) {
+  if (p === null || p === undefined || !Number.isFinite(p)) return '\u2014';
+  return `${Math.round(p * 100)}%`;
+}
+
+/** "led by 9 steps" and friends, from a cause's lead_steps. */
+export function formatLead(lead) {
+  if (lead === null || lead === undefined || !Number.isFinite(lead)) return 'no leading signal';
+  if (lead === 0) return 'the leading signal moved with the loss (no lead)';
+  if (lead < 0) return `the signal lagged the loss by ${formatStep(-lead)} step${lead === -1 ? '' : 's'}`;
+  return `the leading signal led the loss by ${formatStep(lead)} step${lead === 1 ? '' : 's'}`;
+}
+
+/** Tick positions for a log10 axis: powers of ten inside [min, max], every
+ * k-th decade so that there are at most `maxTicks` (at least the ends). */
+export function logSplits(min, max, maxTicks = 6) {
+  if (!(min > 0) || !(max > 0) || !Number.isFinite(min) || !Number.isFinite(max)) return [];
+  const lo = Math.ceil(Math.log10(min) - 1e-9), hi = Math.floor(Math.log10(max) + 1e-9);
+  if (hi < lo) return [min, max];
+  const stride = Math.max(1, Math.ceil((hi - lo + 1) / Math.max(1, maxTicks)));
+  const out = [];
+  for (let e = hi; e >= lo; e -= stride) out.unshift(Number(`1e${e}`));
+  return out;
+}
+
+/** Shortens `text` to at most `max` characters by cutting the middle. */
+export function middleEllipsis(text, max) {
+  text = String(text);
+  if (text.length <= max || max < 5) return text;
+  const keep = max - 1, head = Math.ceil(keep / 2), tail = Math.floor(keep / 2);
+  return text.slice(0, head) + '\u2026' + text.slice(text.length - tail);
+}
+
+/** The longest common "a/b/" prefix of slash paths (only whole segments,
+ * and never the whole of any name). */
+export function commonPathPrefix(names) {
+  if (!names.length) return '';
+  let prefix = names[0].slice(0, names[0].lastIndexOf('/') + 1);
+  for (const n of names) {
+    while (prefix && !(n.startsWith(prefix) && n.length > prefix.length)) {
+      prefix = prefix.slice(0, prefix.lastIndexOf('/', prefix.length - 2) + 1);
+    }
+  }
+  return prefix;
+}
+
+// ---------------------------------------------------------------- anomalies
+
+/** Anomalies in step order (onset, then peak), without mutating the input. */
+export function sortAnomalies(anomalies) {
+  return (anomalies || []).slice().sort((a, b) => (a.step - b.step) || ((a.peak_step ?? a.step) - (b.peak_step ?? b.step)));
+}
+
+/** The index of the anomaly to move to from index `current` (-1: none
+ * selected) in direction `dir` (+1 next, -1 previous); stays at the ends. */
+export function stepAnomaly(count, current, dir) {
+  if (count <= 0) return -1;
+  if (current < 0 || current >= count) return dir > 0 ? 0 : count - 1;
+  return Math.min(count - 1, Math.max(0, current + (dir > 0 ? 1 : -1)));
+}
+
+/** Index of the anomaly whose onset or peak is `step`, or -1. */
+export function findAnomaly(anomalies, step) {
+  if (step === null || step === undefined) return -1;
+  let i = anomalies.findIndex((a) => a.step === step);
+  if (i < 0) i = anomalies.findIndex((a) => a.peak_step === step);
+  return i;
+}
+
+/** Count of anomalies per top cause, in CAUSE_IDS order: [[id, n], ...]. */
+export function causeCounts(anomalies) {
+  const n = new Map();
+  for (const a of anomalies || []) {
+    const id = CAUSES[anomalyCause(a)] ? anomalyCause(a) : 'unknown';
+    n.set(id, (n.get(id) || 0) + 1);
+  }
+  return CAUSE_IDS.filter((id) => n.has(id)).map((id) => [id, n.get(id)]);
+}
+
+// ---------------------------------------------------------------- timeline
+
+/** The timeline response, decoded into chart columns:
+ * {x (bucket centres), stepMin, stepMax, series: {name: {min, max}} with
+ *  values decoded (NaN/Inf kept), nonfinite (per-bucket bool: any
+ *  non-finite loss or a nonfinite count), anomalies (sorted)}. */
+export function decodeTimeline(t) {
+  const stepMin = Array.isArray(t.step_min) ? t.step_min : [];
+  const stepMax = Array.isArray(t.step_max) ? t.step_max : stepMin;
+  const n = stepMin.length;
+  const x = new Array(n);
+  for (let i = 0; i < n; i++) x[i] = (stepMin[i] + stepMax[i]) / 2;
+  const series = {};
+  for (const [name, s] of Object.entries(t.series || {})) {
+    series[name] = {min: decodeArray(s && s.min), max: decodeArray(s && s.max)};
+  }
+  const counts = Array.isArray(t.nonfinite) ? t.nonfinite : [];
+  const loss = series.loss || {min: [], max: []};
+  const nonfinite = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const lo = loss.min[i], hi = loss.max[i];
+    nonfinite[i] = (counts[i] > 0) || (lo !== null && lo !== undefined && !Number.isFinite(lo)) ||
+      (hi !== null && hi !== undefined && !Number.isFinite(hi));
+  }
+  return {x, stepMin, stepMax, series, nonfinite, anomalies: sortAnomalies(t.anomalies)};
+}
+
+/** The chart width to ask the backend for: two buckets per CSS pixel. */
+export function requestWidth(plotWidthPx) {
+  return Math.max(100, Math.min(10000, Math.round((plotWidthPx || 800) * 2)));
+}
+
+// ---------------------------------------------------------------- heatmap
+
+/** Normalises a variables x steps matrix for colouring, on a log10 scale.
+ * mode 'global': one range over the matrix; 'row': each row over its own
+ * range (shows when each layer moved, whatever its magnitude).
+ * Returns {cells: rows of (number in [0,1] | null (not recorded) |
+ * 'nonfinite'), lo, hi} with lo/hi the log10 range ('global'; per-row
+ * ranges in rowRanges). Zeros and negatives map to 0. */
+export function normalizeHeatmap(matrix, mode = 'global') {
+  const logs = matrix.map((row) => row.map((v) => {
+    if (v === null || v === undefined) return null;
+    if (!Number.isFinite(v)) return 'nonfinite';
+    return v > 0 ? Math.log10(v) : -Infinity;
+  }));
+  const range = (rows) => {
+    let lo = Infinity, hi = -Infinity;
+    for (const row of rows) for (const l of row) {
+      if (typeof l === 'number' && Number.isFinite(l)) { if (l < lo) lo = l; if (l > hi) hi = l; }
+    }
+    return [lo, hi];
+  };
+  const scale = (row, [lo, hi]) => row.map((l) => {
+    if (l === null || l === 'nonfinite') return l;
+    if (!Number.isFinite(lo)) return 0;
+    if (l === -Infinity) return 0;
+    return hi > lo ? (l - lo) / (hi - lo) : 0.5;
+  });
+  if (mode === 'row') {
+    const rowRanges = logs.map((row) => range([row]));
+    return {cells: logs.map((row, i) => scale(row, rowRanges[i])), lo: null, hi: null, rowRanges};
+  }
+  const r = range(logs);
+  return {cells: logs.map((row) => scale(row, r)), lo: r[0], hi: r[1], rowRanges: null};
+}
+
+const VIRIDIS = [
+  [68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
+  [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37],
+];
+
+/** Viridis colour [r, g, b] of t in [0, 1] (clamped). */
+export function colormap(t) {
+  t = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0));
+  const f = t * (VIRIDIS.length - 1), i = Math.min(VIRIDIS.length - 2, Math.floor(f)), u = f - i;
+  const a = VIRIDIS[i], b = VIRIDIS[i + 1];
+  return [0, 1, 2].map((k) => Math.round(a[k] + (b[k] - a[k]) * u));
+}
+
+/** Index of the column of `steps` nearest to `step` (steps ascending). */
+export function nearestIndex(steps, step) {
+  if (!steps.length) return -1;
+  let lo = 0, hi = steps.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (steps[mid] < step) lo = mid + 1; else hi = mid;
+  }
+  if (lo > 0 && Math.abs(steps[lo - 1] - step) <= Math.abs(steps[lo] - step)) return lo - 1;
+  return lo;
+}
+
+/** The one-line setup shown when a logdir has no tb_stability data. */
+export const CALLBACK_LINE = 'model.fit(x, y, callbacks=[tb_stability.keras.StabilityCallback("logs/run1")])';

@@ -1,0 +1,108 @@
+// Adam's state for one variable over the evidence window: √v̂ (RMS and
+// median) against ε on a log axis, the effective step η/(√v̂+ε) on the
+// right axis, and the loss faintly behind, with the onset and peak marked.
+
+import uPlot from '../vendor/uplot/uPlot.esm.js';
+import {canLog, decodeArray, formatNumber, formatStep, formatStepShort, logSplits, plottable} from '../model.js';
+import {el, themeColors} from './dom.js';
+
+const HEIGHT = 230;
+
+export class AdamChartView {
+  constructor(container) {
+    this.container = container;
+    this.u = null;
+  }
+
+  destroy() {
+    if (this.u) this.u.destroy();
+    this.u = null;
+    while (this.container.firstChild) this.container.removeChild(this.container.firstChild);
+  }
+
+  /**
+   * @param {{steps: !Array<number>, variable: string, index: number,
+   *          stats: !Object, optimizer: ?Object, highlight: ?Object,
+   *          globalSteps: !Array<number>, loss: !Array<?number>}} d
+   */
+  setData(d) {
+    this.destroy();
+    this.d = d;
+    const c = this.container;
+    const opt = d.optimizer || {};
+    c.appendChild(el('div', {class: 'chart-head'},
+      el('span', {class: 'chart-title'}, 'Adam state'),
+      el('code', {class: 'adam-var', 'data-testid': 'adam-variable', title: d.variable}, d.variable)));
+    if (!opt.adam) {
+      c.appendChild(el('p', {class: 'muted note', 'data-testid': 'adam-missing'},
+        `This run's optimizer (${opt.name || 'unknown'}) keeps no Adam second moment: nothing to compare with \u03b5.`));
+      return;
+    }
+    const i = d.index;
+    const row = (name) => decodeArray(((d.stats[name] || [])[i]) || []);
+    const eps = Number(opt.epsilon);
+    const nuRms = row('nu_sqrt_rms');
+    const nuMed = row('sqrt_nu_over_eps_median').map((v) => (v === null || !Number.isFinite(eps) ? v : v * eps));
+    const eff = row('eff_step_max');
+    const epsLine = d.steps.map(() => (Number.isFinite(eps) && eps > 0 ? eps : null));
+    const byStep = new Map(d.globalSteps.map((s, k) => [s, d.loss[k]]));
+    const loss = d.steps.map((s) => (byStep.has(s) ? byStep.get(s) : null));
+    if (!canLog(nuRms, nuMed, epsLine)) {
+      c.appendChild(el('p', {class: 'muted note', 'data-testid': 'adam-missing'},
+        'No finite Adam statistics were recorded for this variable in this window.'));
+      return;
+    }
+    const colors = themeColors();
+    const font = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
+    const fmt = (u, v) => formatNumber(v, 3);
+    const width = Math.max(240, c.clientWidth || 400);
+    const lossLog = canLog(loss);
+    const opts = {
+      width, height: HEIGHT,
+      cursor: {points: {size: 5}, drag: {x: false, y: false}},
+      padding: [8, 0, 0, 0],
+      legend: {show: true, live: true},
+      scales: {x: {time: false}, v: {distr: 3, log: 10}, e: canLog(eff) ? {distr: 3, log: 10} : {},
+        l: lossLog ? {distr: 3, log: 10} : {}},
+      axes: [
+        {stroke: colors.axis, font, size: 22, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1e4, 2e4, 5e4, 1e5, 1e6, 1e7], grid: {stroke: colors.grid}, ticks: {stroke: colors.grid, size: 4},
+          values: (u, vals) => vals.map(formatStepShort)},
+        {scale: 'v', stroke: colors.axis, font, size: 56, grid: {stroke: colors.grid}, ticks: {stroke: colors.grid, size: 4},
+          splits: (u, i, min, max) => logSplits(min, max, 5),
+          values: (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 2))), label: '\u221av\u0302, \u03b5', labelSize: 14, labelFont: font},
+        {scale: 'e', side: 1, stroke: '#e15759', font, size: 56, grid: {show: false}, ticks: {stroke: colors.grid, size: 4},
+          values: (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 2))), label: 'effective step', labelSize: 14, labelFont: font},
+      ],
+      series: [
+        {label: 'step', value: (u, v) => (v === null ? '\u2014' : formatStep(v))},
+        {label: 'loss', scale: 'l', points: {show: false}, stroke: colors.muted, width: 1, value: fmt},
+        {label: 'RMS \u221av\u0302', scale: 'v', points: {show: false}, stroke: '#4e79a7', width: 1.5, value: fmt},
+        {label: 'median \u221av\u0302', scale: 'v', points: {show: false}, stroke: '#59a14f', width: 1.5, value: fmt},
+        {label: '\u03b5', scale: 'v', points: {show: false}, stroke: colors.fg, width: 1, dash: [5, 4], value: fmt},
+        {label: 'eff. step max', scale: 'e', points: {show: false}, stroke: '#e15759', width: 1.5, value: fmt},
+      ],
+      hooks: {draw: [(u) => this.drawMarks(u, colors)]},
+    };
+    this.u = new uPlot(opts, [d.steps, plottable(loss, lossLog), plottable(nuRms, true), plottable(nuMed, true),
+      epsLine, plottable(eff, canLog(eff))], c);
+  }
+
+  drawMarks(u, colors) {
+    const hl = this.d.highlight || {};
+    const ctx = u.ctx, {top, height} = u.bbox, dpr = window.devicePixelRatio || 1;
+    ctx.save();
+    ctx.strokeStyle = colors.accent;
+    ctx.lineWidth = 1.5 * dpr;
+    for (const [step, dash] of [[hl.onset_step, false], [hl.peak_step, true]]) {
+      if (step === null || step === undefined) continue;
+      const x = Math.round(u.valToPos(step, 'x', true)) + 0.5;
+      ctx.setLineDash(dash ? [4 * dpr, 3 * dpr] : []);
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+    }
+    ctx.restore();
+  }
+
+  resize() {
+    if (this.u) this.u.setSize({width: Math.max(240, this.container.clientWidth), height: HEIGHT});
+  }
+}

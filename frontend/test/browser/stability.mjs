@@ -1,0 +1,278 @@
+// Browser test of the Stability tab against a real `tensorboard`.
+// Playwright (playwright-core) drives Debian's chromium.
+//
+//   node test/browser/stability.mjs --url http://127.0.0.1:6006 \
+//     --chromium /usr/bin/chromium --artifacts ../test-artifacts \
+//     [--html-run '<img src=x onerror=alert(1)>'] [--big-run synthetic-1m] \
+//     [--docs ../docs/stability-tab.png] [--run seed002-bad]
+//
+// Exits non-zero on the first failed check; screenshots go to
+// ARTIFACTS/screenshots/. Prints "BENCH timeline_draw_ms=..." for the
+// 1M-step run.
+
+import assert from 'node:assert/strict';
+import {mkdirSync} from 'node:fs';
+import {join} from 'node:path';
+import {parseArgs} from 'node:util';
+import {chromium} from 'playwright-core';
+
+const {values: args} = parseArgs({options: {
+  url: {type: 'string'}, chromium: {type: 'string', default: '/usr/bin/chromium'},
+  artifacts: {type: 'string', default: 'test-artifacts'}, 'html-run': {type: 'string'},
+  'big-run': {type: 'string'}, docs: {type: 'string'}, run: {type: 'string'},
+  'max-draw-ms': {type: 'string', default: '1000'},
+}});
+assert.ok(args.url, '--url is required');
+const BASE = args.url.replace(/\/$/, '');
+const API = `${BASE}/data/plugin/tb_stability`;
+const SHOTS = join(args.artifacts, 'screenshots');
+mkdirSync(SHOTS, {recursive: true});
+
+const log = (...a) => console.log('[browser]', ...a);
+async function getJSON(path) {
+  const r = await fetch(API + path);
+  assert.equal(r.status, 200, `${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+const browser = await chromium.launch({executablePath: args.chromium, args: ['--no-sandbox', '--disable-gpu']});
+const context = await browser.newContext({viewport: {width: 1440, height: 1000}, deviceScaleFactor: 1});
+const page = await context.newPage();
+const errors = [];
+let dialogs = 0;
+page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+page.on('console', (m) => {
+  if (m.type() === 'error' && m.location().url.includes('tb_stability')) errors.push(`console: ${m.text()}`);
+});
+page.on('dialog', async (d) => { dialogs++; await d.dismiss(); });
+let timelineRequests = 0;
+page.on('request', (r) => { if (r.url().includes('/data/plugin/tb_stability/timeline')) timelineRequests++; });
+
+function pluginFrame() {
+  const f = page.frames().find((fr) => fr.url().includes('plugin_entry.html?name=tb_stability'));
+  assert.ok(f, 'the tab iframe exists');
+  return f;
+}
+
+/** Waits for the timeline of `run` to be drawn (after clearing the marker). */
+async function waitDrawn(frame, run, timeout = 60000) {
+  await frame.waitForFunction((r) => {
+    const m = document.querySelector('main.app');
+    return m && m.dataset.run === r && m.dataset.drawMs;
+  }, run, {timeout});
+  return Number(await frame.evaluate(() => document.querySelector('main.app').dataset.drawMs));
+}
+
+async function selectRun(frame, run, timeout) {
+  await frame.evaluate(() => { const m = document.querySelector('main.app'); m.dataset.drawMs = ''; m.dataset.run = ''; });
+  await frame.locator('[data-testid=run-select]').selectOption(run);
+  return waitDrawn(frame, run, timeout);
+}
+
+async function shot(name, frameOnly = true) {
+  const path = join(SHOTS, name);
+  if (frameOnly) await page.locator('iframe').first().screenshot({path});
+  else await page.screenshot({path, fullPage: false});
+  log('screenshot', path);
+  return path;
+}
+
+const t0 = Date.now();
+try {
+  const runs = (await getJSON('/runs')).runs.map((r) => r.run);
+  assert.ok(runs.length > 0, 'the backend lists runs');
+
+  // 1. The tab appears and draws the first run.
+  await page.goto(`${BASE}/#tb_stability`);
+  await page.getByText('Stability', {exact: true}).first().waitFor({timeout: 60000});
+  await page.waitForSelector('iframe', {timeout: 60000});
+  const frame = pluginFrame();
+  await frame.locator('[data-testid=run-select]').waitFor({timeout: 60000});
+  const options = await frame.locator('[data-testid=run-select] option').evaluateAll((os) => os.map((o) => o.value));
+  assert.deepEqual(options, runs, 'the run selector lists the runs of /runs');
+
+  // 2. The main run: markers = anomalies; click one -> the right cause, layer, heatmap row.
+  const candidates = [];
+  for (const run of runs) {
+    if (run === args['big-run'] || run === args['html-run']) continue;
+    const t = await getJSON(`/timeline?run=${encodeURIComponent(run)}&width=50`);
+    candidates.push({run, t});
+  }
+  const main = candidates.find((c) => c.run === args.run) ||
+    candidates.find((c) => c.t.anomalies.some((a) => a.cause && a.cause.layer)) ||
+    candidates.find((c) => c.t.anomalies.length) || candidates[0];
+  assert.ok(main, 'a run to test');
+  log('main run', main.run, 'anomalies', main.t.anomalies.length);
+  await selectRun(frame, main.run);
+  const markers = frame.locator('[data-testid=anomaly-marker]');
+  assert.equal(await markers.count(), main.t.anomalies.length, 'one marker per anomaly');
+  const markerSteps = await markers.evaluateAll((ms) => ms.map((m) => Number(m.dataset.step)));
+  assert.deepEqual([...markerSteps].sort((a, b) => a - b), main.t.anomalies.map((a) => a.step).sort((a, b) => a - b));
+  for (const a of main.t.anomalies) {
+    const m = frame.locator(`[data-testid=anomaly-marker][data-step="${a.step}"]`).first();
+    assert.equal(await m.getAttribute('data-cause'), a.cause ? a.cause.cause : 'unknown');
+  }
+  await shot('timeline.png');
+
+  if (main.t.anomalies.length) {
+    const target = main.t.anomalies.find((a) => a.cause && a.cause.layer) || main.t.anomalies[0];
+    await frame.locator(`[data-testid=anomaly-marker][data-step="${target.step}"]`).first().click();
+    const card = frame.locator('[data-testid=cause-card]');
+    await card.waitFor();
+    assert.equal(await card.getAttribute('data-step'), String(target.step));
+    const detail = await getJSON(`/anomaly?run=${encodeURIComponent(main.run)}&step=${target.step}`);
+    const top = detail.causes[0];
+    assert.equal(await frame.locator('[data-testid=cause-id]').textContent(), top.cause, 'the card shows the top cause');
+    assert.equal(await frame.locator('[data-testid=cause-title]').textContent(), top.title);
+    const layerText = await frame.locator('[data-testid=cause-layer]').textContent();
+    if (top.layer) assert.equal(layerText, top.layer, 'the card shows the implicated layer');
+    else assert.match(layerText, /none implicated/);
+    assert.equal(await frame.locator('[data-testid=cause-fix]').textContent(), top.fix);
+    assert.equal(await frame.locator('[data-testid=cause-evidence] li').count(), (top.evidence || []).length);
+    await frame.locator('[data-testid=heatmap-row]').first().waitFor({timeout: 30000});
+    const rows = await frame.locator('[data-testid=heatmap-row]').evaluateAll((rs) => rs.map((r) => r.dataset.variable));
+    assert.deepEqual(rows, detail.evidence.variables, 'one heatmap row per variable');
+    const hl = detail.evidence.highlight;
+    const marked = frame.locator('[data-testid=heatmap-row][data-highlight="true"]');
+    if (hl && hl.variable) {
+      assert.equal(await marked.count(), 1);
+      assert.equal(await marked.getAttribute('data-variable'), hl.variable, 'the heatmap highlights the implicated variable');
+      assert.equal(await marked.getAttribute('aria-current'), 'true');
+      assert.equal(await frame.locator('[data-testid=adam-variable]').textContent(), hl.variable);
+    } else {
+      assert.equal(await marked.count(), 0);
+    }
+    if (hl && hl.onset_step !== null) {
+      assert.equal(await frame.locator('[data-testid=heatmap-onset]').getAttribute('data-step'), String(hl.onset_step));
+    }
+    await page.waitForTimeout(300);
+    const cardShot = await shot('cause-card.png');
+    if (args.docs) {
+      await page.locator('iframe').first().screenshot({path: args.docs});
+      log('docs screenshot', args.docs, 'from', cardShot);
+    }
+    // The statistic selector redraws the heatmap with the same highlight.
+    const stats = await frame.locator('[data-testid=heatmap-stat] option').evaluateAll((os) => os.map((o) => o.value));
+    for (const s of stats) {
+      await frame.locator('[data-testid=heatmap-stat]').selectOption(s);
+      if (hl && hl.variable) assert.equal(await marked.getAttribute('data-variable'), hl.variable);
+    }
+    // Keyboard: j / k step through the anomalies.
+    if (main.t.anomalies.length > 1) {
+      const sorted = main.t.anomalies.slice().sort((a, b) => a.step - b.step);
+      const i = sorted.findIndex((a) => a.step === target.step);
+      await frame.locator('body').press('Escape');
+      await card.waitFor({state: 'detached'});
+      await frame.locator('[data-testid=anomaly-list]').waitFor();
+      await frame.locator('body').press('j');
+      await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[0].step));
+      await frame.locator('body').press('j');
+      await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[1].step));
+      await frame.locator('body').press('k');
+      await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[0].step));
+      log('keyboard navigation ok', i);
+    }
+  }
+
+  // 3. A run without Adam says so in the signal strip.
+  for (const c of candidates) {
+    if (c.t.optimizer && c.t.optimizer.adam === false) {
+      await selectRun(frame, c.run);
+      const text = await frame.locator('[data-signal=rms_ratio_max]').textContent();
+      assert.match(text, /not Adam-family/);
+      log('no-Adam run ok', c.run);
+      break;
+    }
+  }
+  // A run with non-finite values draws, with its non-finite facts.
+  for (const c of candidates) {
+    if (c.t.nonfinite.some((n) => n > 0) || JSON.stringify(c.t.series.loss).includes('"NaN"')) {
+      await selectRun(frame, c.run);
+      assert.match(await frame.locator('[data-testid=run-facts]').textContent(), /non-finite/);
+      assert.equal(await frame.locator('[data-testid=anomaly-marker]').count(), c.t.anomalies.length);
+      await shot('nonfinite.png');
+      break;
+    }
+  }
+
+  // 4. Dark mode follows TensorBoard's body.dark-mode.
+  await selectRun(frame, main.run);
+  await page.evaluate(() => document.body.classList.add('dark-mode'));
+  await frame.waitForFunction(() => document.body.classList.contains('dark'));
+  const bg = await frame.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  const [r, g, b] = bg.match(/\d+/g).map(Number);
+  assert.ok(0.2126 * r + 0.7152 * g + 0.0722 * b < 80, `dark background, got ${bg}`);
+  if (main.t.anomalies.length) {
+    await frame.locator('[data-testid=anomaly-marker]').first().click();
+    await frame.locator('[data-testid=heatmap-row]').first().waitFor({timeout: 30000}).catch(() => {});
+  }
+  await page.waitForTimeout(300);
+  await shot('dark.png');
+  await page.evaluate(() => document.body.classList.remove('dark-mode'));
+  await frame.waitForFunction(() => !document.body.classList.contains('dark'));
+
+  // 5. Resizing redraws the charts at the new width.
+  const widthOf = () => frame.evaluate(() => document.querySelector('[data-testid=timeline] canvas').getBoundingClientRect().width);
+  const w0 = await widthOf();
+  await page.setViewportSize({width: 1000, height: 900});
+  await frame.waitForFunction((w) => Math.abs(document.querySelector('[data-testid=timeline] canvas').getBoundingClientRect().width - w) > 100, w0);
+  await shot('narrow.png');
+  await page.setViewportSize({width: 1440, height: 1000});
+  await frame.waitForFunction((w) => Math.abs(document.querySelector('[data-testid=timeline] canvas').getBoundingClientRect().width - w) < 40, w0);
+
+  // 6. TensorBoard's reload button reaches the tab (experimental.DataReloaded).
+  const before = timelineRequests;
+  const reloadButton = page.locator('button.reload-button, button[aria-label="Reload"], [title="Reload data"]').first();
+  await reloadButton.click();
+  await frame.waitForFunction(() => window.tbStability.stats.reloads > 0, null, {timeout: 20000});
+  await page.waitForTimeout(500);
+  assert.ok(timelineRequests > before, 'reload refetched the timeline');
+  log('reload ok');
+
+  // 7. A run named with HTML shows as text.
+  if (args['html-run']) {
+    const name = args['html-run'];
+    await selectRun(frame, name);
+    const optionText = await frame.locator('[data-testid=run-select] option:checked').textContent();
+    assert.ok(optionText.includes(name), 'the run name is shown as text');
+    assert.equal(await frame.locator('img').count(), 0, 'no element was made from the name');
+    assert.equal(dialogs, 0, 'no script ran');
+    await shot('html-run-name.png');
+  }
+
+  // 8. Empty logdir: the callback line.
+  await page.route('**/data/plugin/tb_stability/runs', (route) => route.fulfill({
+    status: 200, contentType: 'application/json', body: JSON.stringify({runs: []})}));
+  await page.reload();
+  await page.waitForSelector('iframe', {timeout: 60000});
+  const emptyFrame = pluginFrame();
+  await emptyFrame.locator('[data-testid=empty-state]').waitFor({timeout: 30000});
+  assert.match(await emptyFrame.locator('[data-testid=callback-line]').textContent(), /StabilityCallback\(/);
+  await shot('empty.png');
+  await page.unroute('**/data/plugin/tb_stability/runs');
+
+  // 9. The 1M-step run: draw time after the data arrived.
+  if (args['big-run']) {
+    await page.reload();
+    await page.waitForSelector('iframe', {timeout: 60000});
+    const f = pluginFrame();
+    await f.locator('[data-testid=run-select]').waitFor({timeout: 60000});
+    const ms = await selectRun(f, args['big-run'], 240000);
+    const buckets = await f.evaluate(() => document.querySelector('main.app').dataset.buckets);
+    const big = await getJSON(`/timeline?run=${encodeURIComponent(args['big-run'])}&width=50`);
+    assert.equal(await f.locator('[data-testid=anomaly-marker]').count(), big.anomalies.length);
+    console.log(`BENCH timeline_draw_ms=${ms.toFixed(1)} steps=${big.steps} buckets=${buckets} anomalies=${big.anomalies.length}`);
+    assert.ok(ms < Number(args['max-draw-ms']), `1M-step timeline drawn in ${ms} ms`);
+    await shot('one-million-steps.png');
+  }
+
+  assert.deepEqual(errors, [], 'no errors in the page');
+  log(`all checks passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+} catch (e) {
+  console.error('[browser] FAILED:', e && e.stack || e);
+  if (errors.length) console.error('[browser] page errors:', errors);
+  try { await page.screenshot({path: join(SHOTS, 'failure.png')}); } catch (e2) { /* best effort */ }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

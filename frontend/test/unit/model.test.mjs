@@ -1,0 +1,194 @@
+// Unit tests of the data model and formatting: node --test test/unit/
+import assert from 'node:assert/strict';
+import {readFileSync} from 'node:fs';
+import {test} from 'node:test';
+
+import {
+  CAUSES, CAUSE_IDS, anomalyCause, canLog, causeCounts, causeStyle, colormap,
+  commonPathPrefix, decodeArray, decodeFloat, decodeMatrix, decodeTimeline,
+  findAnomaly, formatLead, formatNumber, formatPercent, formatStep,
+  formatStepShort, logSplits, middleEllipsis, nearestIndex, normalizeHeatmap,
+  plottable, requestWidth, shapePath, shouldLog, sortAnomalies, stepAnomaly,
+} from '../../src/model.js';
+
+const PY_CAUSES = new URL('../../../tb_stability/analysis/causes.py', import.meta.url);
+
+test('decodeFloat: numbers, encoded non-finite strings, null', () => {
+  assert.equal(decodeFloat(1.5), 1.5);
+  assert.equal(decodeFloat(0), 0);
+  assert.ok(Number.isNaN(decodeFloat('NaN')));
+  assert.equal(decodeFloat('Infinity'), Infinity);
+  assert.equal(decodeFloat('-Infinity'), -Infinity);
+  assert.equal(decodeFloat(null), null);
+  assert.equal(decodeFloat(undefined), null);
+  assert.equal(decodeFloat('1.5'), null);  // only the three spellings are numbers
+  assert.equal(decodeFloat('<b>x</b>'), null);
+});
+
+test('decodeArray and decodeMatrix', () => {
+  const a = decodeArray([1, 'NaN', null, 'Infinity']);
+  assert.equal(a[0], 1);
+  assert.ok(Number.isNaN(a[1]));
+  assert.equal(a[2], null);
+  assert.equal(a[3], Infinity);
+  assert.deepEqual(decodeArray(undefined), []);
+  assert.deepEqual(decodeMatrix([[1, '-Infinity']]), [[1, -Infinity]]);
+  assert.deepEqual(decodeMatrix(null), []);
+});
+
+test('plottable turns non-finite, null and (on log) non-positive into gaps', () => {
+  assert.deepEqual(plottable([1, NaN, Infinity, null, 0, -2]), [1, null, null, null, 0, -2]);
+  assert.deepEqual(plottable([1, NaN, 0, -2, 3], true), [1, null, null, null, 3]);
+});
+
+test('log scale by default when the values span decades', () => {
+  assert.equal(shouldLog([[0.01, 0.02], [100]]), true);
+  assert.equal(shouldLog([[1, 2, 50]]), false);
+  assert.equal(shouldLog([[0, 1e-9, 10]]), false);          // a zero: no log by default
+  assert.equal(shouldLog([[1e-3, NaN, Infinity, null, 10]]), true);  // non-finite ignored
+  assert.equal(shouldLog([[]]), false);
+  assert.equal(canLog([0, -1]), false);
+  assert.equal(canLog([0, 2]), true);
+});
+
+test('logSplits: powers of ten, thinned to maxTicks', () => {
+  assert.deepEqual(logSplits(1, 1000, 10), [1, 10, 100, 1000]);
+  const s = logSplits(1e-14, 10, 7);
+  assert.ok(s.length <= 7 && s.length >= 2, String(s));
+  assert.equal(s[s.length - 1], 10);
+  assert.deepEqual(logSplits(0, 10), []);
+});
+
+test('formatStep and formatStepShort', () => {
+  assert.equal(formatStep(1234567), '1,234,567');
+  assert.equal(formatStep(0), '0');
+  assert.equal(formatStep(999), '999');
+  assert.equal(formatStep(-1200), '-1,200');
+  assert.equal(formatStep(null), '\u2014');
+  assert.equal(formatStepShort(950), '950');
+  assert.equal(formatStepShort(12000), '12k');
+  assert.equal(formatStepShort(1500000), '1.5M');
+  assert.equal(formatStepShort(1000000), '1M');
+});
+
+test('formatNumber: significant digits, exponents, non-finite, missing', () => {
+  assert.equal(formatNumber(0.0142), '0.0142');
+  assert.equal(formatNumber(8620.4), '8620');
+  assert.equal(formatNumber(1e-7), '1e-7');
+  assert.equal(formatNumber(2.4e-6), '2.4e-6');
+  assert.equal(formatNumber(123456789), '1.23e8');
+  assert.equal(formatNumber(-0.5), '\u22120.5');
+  assert.equal(formatNumber(0), '0');
+  assert.equal(formatNumber(NaN), 'NaN');
+  assert.equal(formatNumber('NaN'), 'NaN');
+  assert.equal(formatNumber(Infinity), '+\u221e');
+  assert.equal(formatNumber('-Infinity'), '\u2212\u221e');
+  assert.equal(formatNumber(null), '\u2014');
+});
+
+test('formatPercent and formatLead', () => {
+  assert.equal(formatPercent(0.95), '95%');
+  assert.equal(formatPercent(null), '\u2014');
+  assert.match(formatLead(9), /led the loss by 9 steps/);
+  assert.match(formatLead(1), /by 1 step$/);
+  assert.equal(formatLead(null), 'no leading signal');
+  assert.match(formatLead(0), /no lead/);
+});
+
+test('middleEllipsis and commonPathPrefix', () => {
+  const long = 'model/' + 'very_long_layer_name_'.repeat(10) + '/kernel';
+  const short = middleEllipsis(long, 30);
+  assert.equal(short.length, 30);
+  assert.ok(short.startsWith('model/') && short.endsWith('kernel') && short.includes('\u2026'));
+  assert.equal(middleEllipsis('abc', 30), 'abc');
+  assert.equal(commonPathPrefix(['seed002/dense_1/kernel', 'seed002/dense_1/bias', 'seed002/dense_2/bias']), 'seed002/');
+  assert.equal(commonPathPrefix(['a/kernel', 'a/bias']), 'a/');
+  assert.equal(commonPathPrefix(['a/b/kernel']), 'a/b/');
+  assert.equal(commonPathPrefix(['x', 'y']), '');
+  assert.equal(commonPathPrefix([]), '');
+});
+
+test('anomaly ordering and keyboard navigation', () => {
+  const list = sortAnomalies([{step: 30, peak_step: 31}, {step: 10, peak_step: 12}, {step: 10, peak_step: 11}]);
+  assert.deepEqual(list.map((a) => [a.step, a.peak_step]), [[10, 11], [10, 12], [30, 31]]);
+  assert.equal(stepAnomaly(3, -1, 1), 0);
+  assert.equal(stepAnomaly(3, -1, -1), 2);
+  assert.equal(stepAnomaly(3, 0, 1), 1);
+  assert.equal(stepAnomaly(3, 2, 1), 2);   // stays at the end
+  assert.equal(stepAnomaly(3, 0, -1), 0);
+  assert.equal(stepAnomaly(0, -1, 1), -1);
+  assert.equal(findAnomaly(list, 30), 2);
+  assert.equal(findAnomaly(list, 31), 2);  // by peak step too
+  assert.equal(findAnomaly(list, 5), -1);
+});
+
+test('every cause id of the backend has its own colour and shape', () => {
+  const src = readFileSync(PY_CAUSES, 'utf8');
+  const ids = [...src.matchAll(/^[A-Z_]+ = "([a-z_]+)"$/gm)].map((m) => m[1]);
+  assert.equal(ids.length, 13);
+  assert.deepEqual([...ids].sort(), [...CAUSE_IDS].sort());
+  const pairs = new Set(CAUSE_IDS.map((id) => `${CAUSES[id].color}|${CAUSES[id].shape}`));
+  assert.equal(pairs.size, 13);
+  assert.equal(new Set(CAUSE_IDS.map((id) => CAUSES[id].shape)).size, 13);
+  assert.equal(new Set(CAUSE_IDS.map((id) => CAUSES[id].color)).size, 13);
+  for (const id of CAUSE_IDS) assert.match(shapePath(CAUSES[id].shape, 12), /^M[\d.,\- MLZhvaz]+$/i);
+  assert.equal(causeStyle('no_such_cause'), CAUSES.unknown);
+  assert.equal(anomalyCause({cause: {cause: 'bad_batch'}}), 'bad_batch');
+  assert.equal(anomalyCause({cause: null}), 'unknown');
+});
+
+test('causeCounts groups by top cause in a stable order', () => {
+  const counts = causeCounts([{cause: {cause: 'bad_batch'}}, {cause: {cause: 'adam_epsilon'}},
+    {cause: {cause: 'bad_batch'}}, {cause: {cause: 'weird'}}]);
+  assert.deepEqual(counts, [['adam_epsilon', 1], ['bad_batch', 2], ['unknown', 1]]);
+});
+
+test('decodeTimeline: bucket centres, decoded series, non-finite buckets', () => {
+  const t = decodeTimeline({
+    step_min: [0, 500, 1000], step_max: [499, 999, 1499],
+    series: {loss: {min: [0.1, 'NaN', 0.05], max: [2.0, 'Infinity', 0.09]}, grad_norm: {min: [1, 2, 3], max: [1, 2, null]}},
+    nonfinite: [0, 0, 3],
+    anomalies: [{step: 900, peak_step: 900}, {step: 100, peak_step: 120}],
+  });
+  assert.deepEqual(t.x, [249.5, 749.5, 1249.5]);
+  assert.ok(Number.isNaN(t.series.loss.min[1]));
+  assert.equal(t.series.loss.max[1], Infinity);
+  assert.equal(t.series.grad_norm.max[2], null);
+  assert.deepEqual(t.nonfinite, [false, true, true]);
+  assert.deepEqual(t.anomalies.map((a) => a.step), [100, 900]);
+  const empty = decodeTimeline({});
+  assert.deepEqual(empty.x, []);
+  assert.deepEqual(empty.anomalies, []);
+});
+
+test('requestWidth is clamped to what the backend accepts', () => {
+  assert.equal(requestWidth(500), 1000);
+  assert.equal(requestWidth(0), 1600);
+  assert.equal(requestWidth(20), 100);
+  assert.equal(requestWidth(1e6), 10000);
+});
+
+test('normalizeHeatmap: log scale, global and per row, gaps and non-finite', () => {
+  const m = [[1, 10, 100], [null, NaN, 1000], [0, 1, 1]];
+  const g = normalizeHeatmap(m, 'global');
+  assert.equal(g.lo, 0);
+  assert.equal(g.hi, 3);
+  assert.deepEqual(g.cells[0], [0, 1 / 3, 2 / 3]);
+  assert.deepEqual(g.cells[1], [null, 'nonfinite', 1]);
+  assert.equal(g.cells[2][0], 0);  // zero maps to the bottom of the scale
+  const r = normalizeHeatmap(m, 'row');
+  assert.deepEqual(r.cells[0], [0, 0.5, 1]);
+  assert.equal(r.cells[1][2], 0.5);  // a single finite value sits in the middle
+  assert.deepEqual(normalizeHeatmap([], 'global').cells, []);
+});
+
+test('colormap and nearestIndex', () => {
+  assert.deepEqual(colormap(0), [68, 1, 84]);
+  assert.deepEqual(colormap(1), [253, 231, 37]);
+  assert.deepEqual(colormap(2), colormap(1));
+  assert.deepEqual(colormap(NaN), colormap(0));
+  assert.equal(nearestIndex([10, 20, 30], 21), 1);
+  assert.equal(nearestIndex([10, 20, 30], 26), 2);
+  assert.equal(nearestIndex([10, 20, 30], -5), 0);
+  assert.equal(nearestIndex([], 3), -1);
+});

@@ -1,0 +1,29 @@
+// The backend's routes (tb_stability/http_api.md), fetched with URLs
+// relative to the iframe's <base href="plugin/tb_stability/">.
+
+/** An HTTP error with the server's plain-text message. */
+export class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function getJSON(url, signal) {
+  const response = await fetch(url, {signal, headers: {Accept: 'application/json'}});
+  if (!response.ok) {
+    let text = '';
+    try { text = await response.text(); } catch (e) { /* keep the status */ }
+    throw new HttpError(response.status, text || `${response.status} ${response.statusText}`);
+  }
+  return response.json();
+}
+
+const q = encodeURIComponent;
+
+export const api = {
+  runs: (signal) => getJSON('./runs', signal),
+  timeline: (run, width, signal) => getJSON(`./timeline?run=${q(run)}&width=${q(width)}`, signal),
+  anomaly: (run, step, signal) => getJSON(`./anomaly?run=${q(run)}&step=${q(step)}`, signal),
+  layers: (run, signal) => getJSON(`./layers?run=${q(run)}`, signal),
+};

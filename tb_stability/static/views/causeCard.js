@@ -1,0 +1,133 @@
+// The cause card of one anomaly: its top cause in plain words, with
+// confidence, implicated layer, lead, evidence sentences and fix; the other
+// candidate causes ranked below.
+//
+//   section.card[data-testid=cause-card][data-step][data-cause]
+//     .card-head       marker shape, kind, steps, prev/next
+//     h2.cause-title   [data-testid=cause-title]
+//     dl.facts         confidence, layer, lead, loss
+//     ul.evidence      [data-testid=cause-evidence]
+//     .fix             [data-testid=cause-fix]
+//     ol.alternatives  [data-testid=cause-alternatives]
+
+import {
+  anomalyCause, causeStyle, decodeFloat, formatLead, formatNumber, formatPercent,
+  formatStep, shapePath,
+} from '../model.js';
+import {el, svgShape} from './dom.js';
+
+function confidenceBar(p, color) {
+  const pct = Number.isFinite(p) ? Math.max(0, Math.min(1, p)) * 100 : 0;
+  return el('span', {class: 'conf'},
+    el('span', {class: 'conf-bar'}, el('span', {class: 'conf-fill', style: {width: `${pct}%`, background: color}})),
+    el('span', {class: 'conf-text'}, formatPercent(p)));
+}
+
+function lossLine(a) {
+  const base = decodeFloat(a.baseline), peak = decodeFloat(a.peak_value);
+  const parts = [`baseline ${formatNumber(base)}`, `peak ${formatNumber(peak)}`];
+  if (base !== null && peak !== null && Number.isFinite(base) && Number.isFinite(peak) && base > 0) {
+    parts.push(`(\u00d7${formatNumber(peak / base, 3)})`);
+  }
+  return parts.join(' \u2192 ').replace(' \u2192 (', ' (');
+}
+
+function stepsLine(a) {
+  const parts = [`onset ${formatStep(a.step)}`];
+  if (a.peak_step !== undefined && a.peak_step !== null) parts.push(`peak ${formatStep(a.peak_step)}`);
+  if (a.end_step !== undefined && a.end_step !== null) parts.push(`end ${formatStep(a.end_step)}`);
+  let s = parts.join(' \u2192 ');
+  if (Number.isFinite(a.severity)) s += `  \u00b7  severity ${formatNumber(a.severity, 3)}`;
+  return s;
+}
+
+/**
+ * Builds the card.
+ * @param {!Object} anomaly the anomaly from the timeline (top cause inline)
+ * @param {?Object} detail the /anomaly response, or null while loading
+ * @param {{index: number, count: number, onStep: function(number),
+ *          onClose: function(), error: ?string}} opts
+ * @return {!HTMLElement}
+ */
+export function causeCard(anomaly, detail, opts) {
+  const causes = (detail && Array.isArray(detail.causes) && detail.causes.length)
+    ? detail.causes : (anomaly.cause ? [anomaly.cause] : []);
+  const top = causes[0] || {cause: 'unknown'};
+  const id = top.cause || anomalyCause(anomaly);
+  const style = causeStyle(id);
+
+  const head = el('div', {class: 'card-head'},
+    svgShape(shapePath(style.shape, 14), style.color, 14, 'rgba(0,0,0,0.5)'),
+    el('span', {class: 'kind', 'data-testid': 'anomaly-kind'}, anomaly.kind || 'anomaly'),
+    el('span', {class: 'steps', 'data-testid': 'anomaly-steps'}, `step ${formatStep(anomaly.step)}`),
+    el('span', {class: 'spacer'}),
+    el('span', {class: 'nav'},
+      el('button', {type: 'button', class: 'btn small', title: 'Previous anomaly (k or \u2190)', 'data-testid': 'prev-anomaly',
+        disabled: opts.index <= 0, onclick: () => opts.onStep(-1)}, '\u2039'),
+      el('span', {class: 'nav-count'}, `${opts.index + 1} / ${opts.count}`),
+      el('button', {type: 'button', class: 'btn small', title: 'Next anomaly (j or \u2192)', 'data-testid': 'next-anomaly',
+        disabled: opts.index >= opts.count - 1, onclick: () => opts.onStep(1)}, '\u203a'),
+      el('button', {type: 'button', class: 'btn small', title: 'Close (Esc)', 'data-testid': 'close-card',
+        onclick: () => opts.onClose()}, '\u00d7')));
+
+  const facts = el('dl', {class: 'facts'},
+    el('dt', {}, 'cause'), el('dd', {},
+      el('span', {class: 'cause-chip', style: {borderColor: style.color}}, el('code', {'data-testid': 'cause-id'}, id))),
+    el('dt', {}, 'confidence'), el('dd', {'data-testid': 'cause-confidence'}, confidenceBar(top.confidence, style.color)),
+    el('dt', {}, 'layer'), el('dd', {class: 'layer', 'data-testid': 'cause-layer'},
+      top.layer ? el('code', {}, top.layer) : el('span', {class: 'muted'}, 'none implicated')),
+    el('dt', {}, 'lead'), el('dd', {'data-testid': 'cause-lead'}, formatLead(top.lead_steps)),
+    el('dt', {}, 'steps'), el('dd', {}, stepsLine(anomaly)),
+    el('dt', {}, 'loss'), el('dd', {'data-testid': 'anomaly-loss'}, lossLine(anomaly)));
+
+  const evidence = Array.isArray(top.evidence) ? top.evidence : [];
+  const card = el('section', {
+    class: 'card', 'data-testid': 'cause-card', 'data-step': anomaly.step, 'data-cause': id,
+    style: {borderTopColor: style.color}, 'aria-live': 'polite',
+  },
+  head,
+  el('h2', {class: 'cause-title', 'data-testid': 'cause-title'}, top.title || style.label),
+  facts,
+  el('h3', {}, 'Evidence'),
+  evidence.length
+    ? el('ul', {class: 'evidence', 'data-testid': 'cause-evidence'}, evidence.map((s) => el('li', {}, String(s))))
+    : el('p', {class: 'muted', 'data-testid': 'cause-evidence'}, 'No evidence sentences.'),
+  el('h3', {}, 'Fix'),
+  el('div', {class: 'fix', 'data-testid': 'cause-fix'}, top.fix || '\u2014'));
+
+  if (opts.error) card.appendChild(el('p', {class: 'error'}, opts.error));
+  if (!detail && !opts.error) card.appendChild(el('p', {class: 'muted loading'}, 'Loading evidence\u2026'));
+
+  const alts = causes.slice(1);
+  if (detail) {
+    card.appendChild(el('h3', {}, alts.length ? `Alternatives (${alts.length})` : 'Alternatives'));
+    if (!alts.length) {
+      card.appendChild(el('p', {class: 'muted', 'data-testid': 'cause-alternatives'}, 'No other cause fits the evidence.'));
+    } else {
+      card.appendChild(el('ol', {class: 'alternatives', 'data-testid': 'cause-alternatives'}, alts.map((c) => {
+        const s = causeStyle(c.cause);
+        return el('li', {'data-cause': c.cause},
+          el('details', {},
+            el('summary', {},
+              svgShape(shapePath(s.shape, 11), s.color, 11),
+              el('span', {class: 'alt-title'}, c.title || s.label),
+              confidenceBar(c.confidence, s.color),
+              c.layer ? el('code', {class: 'alt-layer'}, c.layer) : null),
+            Array.isArray(c.evidence) && c.evidence.length
+              ? el('ul', {class: 'evidence'}, c.evidence.map((x) => el('li', {}, String(x)))) : null,
+            c.fix ? el('div', {class: 'fix small'}, c.fix) : null));
+      })));
+    }
+  }
+  return card;
+}
+
+/** The legend: every cause present in the run with its count. */
+export function causeLegend(counts) {
+  if (!counts.length) return el('div', {class: 'legend', 'data-testid': 'legend'}, el('span', {class: 'muted'}, 'no anomalies'));
+  return el('div', {class: 'legend', 'data-testid': 'legend'}, counts.map(([id, n]) => {
+    const s = causeStyle(id);
+    return el('span', {class: 'legend-item', 'data-cause': id, title: id},
+      svgShape(shapePath(s.shape, 11), s.color, 11, 'rgba(0,0,0,0.45)'), ` ${s.label} `, el('span', {class: 'count'}, String(n)));
+  }));
+}

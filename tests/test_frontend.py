@@ -1,0 +1,190 @@
+"""The Stability tab's frontend (frontend/): the built files in the package
+match their sources, the JS unit tests pass, and the browser test drives
+the tab in chromium against a real `tensorboard` over demo logs (plus a
+run named with HTML and a 1M-step synthetic run for the draw benchmark).
+
+Node, chromium and frontend/node_modules (npm ci --prefix frontend) are
+needed for the last two; without them those tests are skipped, unless
+TB_STABILITY_REQUIRE_BROWSER=1 (scripts/test.sh sets it), where they fail.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FRONTEND = REPO / "frontend"
+STATIC = REPO / "tb_stability" / "static"
+ARTIFACTS = REPO / "test-artifacts"
+UPLOT = FRONTEND / "node_modules" / "uplot"
+VENDOR = {  # as in frontend/build.mjs
+    "vendor/uplot/uPlot.esm.js": "dist/uPlot.esm.js",
+    "vendor/uplot/uPlot.min.css": "dist/uPlot.min.css",
+    "vendor/uplot/LICENSE": "LICENSE",
+}
+HTML_RUN = "<img src=x onerror=alert(1)>"
+BIG_RUN = "synthetic-1m"
+BIG_STEPS = 1_000_000
+REQUIRE = os.environ.get("TB_STABILITY_REQUIRE_BROWSER") == "1"
+
+
+def _files(root):
+    return {
+        p.relative_to(root).as_posix(): p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _need(what, ok):
+    if ok:
+        return
+    if REQUIRE:
+        pytest.fail(f"{what} missing (TB_STABILITY_REQUIRE_BROWSER=1)")
+    pytest.skip(f"{what} missing")
+
+
+def test_built_files_match_sources():
+    src = _files(FRONTEND / "src")
+    built = _files(STATIC)
+    assert src, "frontend/src is empty"
+    problems = []
+    for rel, path in src.items():
+        if rel not in built:
+            problems.append(f"missing: tb_stability/static/{rel}")
+        elif built[rel].read_bytes() != path.read_bytes():
+            problems.append(f"differs: tb_stability/static/{rel}")
+    for rel, dist in VENDOR.items():
+        if rel not in built:
+            problems.append(f"missing: tb_stability/static/{rel}")
+        elif UPLOT.is_dir() and built[rel].read_bytes() != (UPLOT / dist).read_bytes():
+            problems.append(f"differs from node_modules/uplot/{dist}: tb_stability/static/{rel}")
+    for rel in built:
+        if rel not in src and rel not in VENDOR:
+            problems.append(f"not built from frontend/src: tb_stability/static/{rel}")
+    assert not problems, "run `node frontend/build.mjs`:\n" + "\n".join(problems)
+    assert b"MIT License" in (STATIC / "vendor/uplot/LICENSE").read_bytes()
+    package = json.loads((FRONTEND / "package.json").read_text())
+    assert package["devDependencies"]["uplot"] == "1.6.32"
+    if UPLOT.is_dir():
+        assert json.loads((UPLOT / "package.json").read_text())["version"] == "1.6.32"
+
+
+def test_index_is_the_es_module_tensorboard_loads():
+    body = (STATIC / "index.js").read_bytes()
+    assert b"export async function render" in body
+    # relative URLs only: nothing may start at the server root
+    for path in STATIC.rglob("*.js"):
+        if "vendor" in path.parts:
+            continue
+        text = path.read_text()
+        assert "fetch('/" not in text and 'fetch("/' not in text, path
+        assert ".innerHTML" not in text and "insertAdjacentHTML" not in text, path
+
+
+def test_build_check_passes():
+    node = shutil.which("node")
+    _need("node", node)
+    proc = subprocess.run([node, "build.mjs", "--check"], cwd=FRONTEND,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_js_unit_tests():
+    node = shutil.which("node")
+    _need("node", node)
+    proc = subprocess.run([node, "--test", "test/unit/"], cwd=FRONTEND,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def browser_logdir(demo_logs, tmp_path_factory):
+    """The demo runs, one of them copied under an HTML name, and a
+    1M-step synthetic run (few variables) for the draw benchmark."""
+    from benchmarks.synthetic import write_run
+
+    logdir, _, _ = demo_logs
+    out = tmp_path_factory.mktemp("frontend") / "logs"
+    out.mkdir()
+    runs = sorted(p.name for p in Path(logdir).iterdir() if p.is_dir())
+    for run in runs:
+        shutil.copytree(Path(logdir) / run, out / run)
+    small = "outlier-batch" if "outlier-batch" in runs else runs[0]
+    shutil.copytree(Path(logdir) / small, out / HTML_RUN)
+    write_run(str(out / BIG_RUN), BIG_STEPS, 4, [123_456, 500_000, 987_654])
+    return out, runs + [HTML_RUN, BIG_RUN]
+
+
+def test_browser(browser_logdir):
+    node = shutil.which("node")
+    _need("node", node)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    _need("chromium (apt-get install -y chromium)", chromium)
+    _need("frontend/node_modules (npm ci --prefix frontend)",
+          (FRONTEND / "node_modules" / "playwright-core").is_dir())
+    exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
+    assert exe, "tensorboard CLI not installed next to this Python"
+    logdir, runs = browser_logdir
+    port = _free_port()
+    tb_log = ARTIFACTS / "tensorboard.log"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(tb_log, "w") as log:
+        proc = subprocess.Popen(
+            [exe, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        listed = []
+        while time.time() < deadline:
+            try:
+                listed = [r["run"] for r in _get_json(base + "/data/plugin/tb_stability/runs")["runs"]]
+                if set(runs) <= set(listed):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert set(runs) <= set(listed), f"tensorboard lists {listed}, expected {runs}"
+        cmd = [node, "test/browser/stability.mjs", "--url", base, "--chromium", chromium,
+               "--artifacts", str(ARTIFACTS), "--html-run", HTML_RUN, "--big-run", BIG_RUN]
+        if "seed002-bad" in runs:
+            cmd += ["--run", "seed002-bad"]
+        if os.environ.get("TB_STABILITY_UPDATE_DOCS") == "1":
+            cmd += ["--docs", str(REPO / "docs" / "stability-tab.png")]
+        t0 = time.time()
+        result = subprocess.run(cmd, cwd=FRONTEND, capture_output=True, text=True, timeout=420)
+        output = result.stdout + result.stderr
+        print(output)
+        print(f"browser test: {time.time() - t0:.1f} s")
+        (ARTIFACTS / "browser-test.log").write_text(output)
+        bench = [line for line in output.splitlines() if line.startswith("BENCH")]
+        if bench:
+            (ARTIFACTS / "benchmark.txt").write_text("\n".join(bench) + "\n")
+        assert result.returncode == 0, output[-8000:]
+        assert bench, "the 1M-step benchmark printed nothing"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

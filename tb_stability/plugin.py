@@ -52,9 +52,11 @@ def _quote(text, limit=120):
     return text if len(text) <= limit else text[:limit] + '..."'
 
 
-def _int_arg(request, name, *, default=None, lo=None, hi=None):
+def _int_arg(request, name, *, default=None, lo=None, hi=None, optional=False):
     raw = request.args.get(name)
     if raw is None or raw == "":
+        if optional:
+            return None
         if default is None:
             raise errors.InvalidArgumentError(f"missing required argument {name!r}")
         return default
@@ -156,14 +158,21 @@ class StabilityPlugin(base_plugin.TBPlugin):
         run = _run_arg(request)
         width = _int_arg(request, "width", default=plugin_data.DEFAULT_WIDTH,
                          lo=1, hi=plugin_data.MAX_WIDTH)
+        first = _int_arg(request, "first", optional=True)
+        last = _int_arg(request, "last", optional=True)
+        if first is not None and last is not None and first > last:
+            raise errors.InvalidArgumentError(
+                f"argument 'first' ({first}) must not exceed 'last' ({last})")
         state = self._state(request, run)
+        key = (width, first, last)
         with state.lock:
-            body = state.timelines.get(width)
+            body = state.timelines.get(key)
             if body is None:
-                payload = plugin_data.timeline(state.run, state.anomalies, width)
+                payload = plugin_data.timeline(state.run, state.anomalies, width,
+                                               first=first, last=last)
                 body = json.dumps(payload, allow_nan=False)
-                state.timelines[width] = body
-                while len(state.timelines) > 4:
+                state.timelines[key] = body
+                while len(state.timelines) > 8:
                     state.timelines.popitem(last=False)
         return http_util.Respond(request, body, "application/json")
 

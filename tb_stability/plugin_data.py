@@ -105,36 +105,49 @@ def bucket_starts(steps: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(np.diff(idx)) + 1])
 
 
-def timeline(run: RunData, anomalies: List[Dict], width: int) -> Dict:
-    """The /timeline payload: global signals bucketed by min/max."""
-    steps = run.steps
+def timeline(run: RunData, anomalies: List[Dict], width: int,
+             first: Optional[int] = None, last: Optional[int] = None) -> Dict:
+    """The /timeline payload: global signals bucketed by min/max, over the
+    steps in [first, last] (default: all; a zoomed chart asks for its
+    range). Every anomaly of the run is listed whatever the range."""
+    lo = 0 if first is None else int(np.searchsorted(run.steps, first))
+    hi = len(run.steps) if last is None else int(np.searchsorted(run.steps, last, side="right"))
+    steps = run.steps[lo:hi]
     starts = bucket_starts(steps, width)
-    ends = np.concatenate([starts[1:], [len(steps)]]) - 1
+    ends = np.concatenate([starts[1:], [len(steps)]])[:len(starts)] - 1
     series = {}
     for name in TIMELINE_SERIES:
-        col = run.col(name)
+        col = run.col(name)[lo:hi]
+        if not len(col):
+            continue
         if not len(col) or not np.any(~np.isnan(col)):
             continue  # never recorded (e.g. loss_scale without mixed precision)
         # fmin/fmax skip NaN (a NaN-only bucket stays NaN); inf is kept.
         series[name] = {"min": encode_array(np.fmin.reduceat(col, starts)),
                         "max": encode_array(np.fmax.reduceat(col, starts))}
-    loss = run.col("loss")
-    nonfinite = (~np.isfinite(loss)) | (np.nan_to_num(run.col("nonfinite")) > 0)
-    flags = np.nan_to_num(run.col("flags")).astype(np.int64)
+    loss = run.col("loss")[lo:hi]
+    nonfinite = (~np.isfinite(loss)) | (np.nan_to_num(run.col("nonfinite")[lo:hi]) > 0)
+    flags = np.nan_to_num(run.col("flags")[lo:hi]).astype(np.int64)
     skipped = report_lib.skipped_steps(run)
-    skipped_steps = steps[skipped] if skipped is not None else steps[:0]
+    skipped_steps = run.steps[skipped] if skipped is not None else run.steps[:0]
+    skipped_steps = skipped_steps[(skipped_steps >= steps[0]) & (skipped_steps <= steps[-1])] \
+        if len(steps) else skipped_steps[:0]
+    per_bucket = len(starts) > 0
     return {
         "run": run.name,
-        "steps": int(len(steps)),
-        "first_step": int(steps[0]),
-        "last_step": int(steps[-1]),
+        "steps": int(len(run.steps)),
+        "first_step": int(run.steps[0]),
+        "last_step": int(run.steps[-1]),
+        "range": [int(steps[0]), int(steps[-1])] if len(steps) else None,
+        "range_steps": int(len(steps)),
         "width": int(width),
         "buckets": int(len(starts)),
         "step_min": steps[starts].tolist(),
         "step_max": steps[ends].tolist(),
         "series": series,
-        "nonfinite": np.add.reduceat(nonfinite.astype(np.int64), starts).tolist(),
-        "flags": np.bitwise_or.reduceat(flags, starts).tolist(),
+        "nonfinite": np.add.reduceat(nonfinite.astype(np.int64), starts).tolist()
+        if per_bucket else [],
+        "flags": np.bitwise_or.reduceat(flags, starts).tolist() if per_bucket else [],
         "skipped_steps": skipped_steps[:MAX_SKIPPED_LISTED].tolist(),
         "skipped_total": int(len(skipped_steps)),
         "anomalies": [_anomaly_summary(a) for a in anomalies],

@@ -72,6 +72,18 @@ def test_timeline_keeps_every_spike_at_its_step(client):
     assert "loss_scale" not in data["series"]  # never recorded: left out
 
 
+def test_timeline_step_range_for_a_zoomed_chart(client):
+    data = _json(client, "/timeline", run="spiky", width="100", first="1000", last="1999")
+    assert data["range"] == [1000, 1999] and data["range_steps"] == 1000
+    assert data["buckets"] == 100 and data["step_min"][0] == 1000
+    assert data["step_max"][-1] == 1999 and data["steps"] == 4000
+    assert sorted(a["peak_step"] for a in data["anomalies"]) == list(SPIKES)
+    spike_bucket = (SPIKES[0] - 1000) // 10
+    assert data["series"]["loss"]["max"][spike_bucket] == max(data["series"]["loss"]["max"])
+    empty = _json(client, "/timeline", run="spiky", first="5000")
+    assert empty["buckets"] == 0 and empty["range"] is None
+
+
 def test_timeline_matches_the_cli_analysis(client, synthetic_logdir):
     report = analysis.report_logdir(str(synthetic_logdir), run="spiky")
     expected = [(a["kind"], a["step"], a["peak_step"], a["causes"][0]["cause"])
@@ -198,6 +210,8 @@ BAD_REQUESTS = [
     ("/timeline", {"run": "spiky", "width": "1000000000000"}, 400, "width"),
     ("/timeline", {"run": "spiky", "width": "9" * 400}, 400, "width"),
     ("/timeline", {"run": "spiky", "width": "\u0661\u0662"}, 400, "width"),
+    ("/timeline", {"run": "spiky", "first": "a"}, 400, "first"),
+    ("/timeline", {"run": "spiky", "first": "10", "last": "5"}, 400, "last"),
     ("/anomaly", {"run": "spiky"}, 400, "step"),
     ("/anomaly", {"step": "1234"}, 400, "run"),
     ("/anomaly", {"run": "spiky", "step": "x"}, 400, "step"),

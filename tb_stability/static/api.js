@@ -1,6 +1,8 @@
 // The backend's routes (tb_stability/http_api.md), fetched with URLs
 // relative to the iframe's <base href="plugin/tb_stability/">.
 
+import {timelineUrl} from './model.js';
+
 /** An HTTP error with the server's plain-text message. */
 export class HttpError extends Error {
   constructor(status, message) {
@@ -23,7 +25,8 @@ const q = encodeURIComponent;
 
 export const api = {
   runs: (signal) => getJSON('./runs', signal),
-  timeline: (run, width, signal) => getJSON(`./timeline?run=${q(run)}&width=${q(width)}`, signal),
+  /** The whole run, or only the inclusive step range `range` ([first, last]). */
+  timeline: (run, width, signal, range = null) => getJSON(timelineUrl(run, width, range), signal),
   anomaly: (run, step, signal) => getJSON(`./anomaly?run=${q(run)}&step=${q(step)}`, signal),
   layers: (run, signal) => getJSON(`./layers?run=${q(run)}`, signal),
 };

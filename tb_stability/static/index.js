@@ -13,8 +13,8 @@
 import {api} from './api.js';
 import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
-  decodeTimeline, findAnomaly, formatNumber, formatPercent, formatStep, requestWidth,
-  shapePath, stepAnomaly,
+  decodeTimeline, findAnomaly, formatNumber, formatPercent, formatStep, mergeTimelines,
+  needsZoomFetch, requestWidth, shapePath, stepAnomaly, timelineUrl, zoomSteps, zoomWidth,
 } from './model.js';
 import {AdamChartView} from './views/adamChart.js';
 import {causeCard, causeLegend} from './views/causeCard.js';
@@ -24,6 +24,7 @@ import {runSelector} from './views/runSelector.js';
 import {TimelineView} from './views/timeline.js';
 
 const STORAGE_KEY = 'tb_stability.run';
+const ZOOM_DEBOUNCE_MS = 200;  // a zoom must settle this long before its range is fetched
 
 function loadCss(href) {
   return new Promise((resolve) => {
@@ -91,12 +92,19 @@ class App {
     this.detailCache = new Map();
     this.log = null;          // null: automatic
     this.xRange = null;
+    // The finer buckets of the zoomed range: {requested: [first, last],
+    // width, rangeSteps, buckets, merged (drawn: mergeTimelines)}, or null.
+    this.zoom = null;
+    this.zoomTimer = 0;
+    this.zoomToken = 0;       // a newer zoom request supersedes older ones
+    this.zoomAbort = null;
+    this.zoomInFlight = null; // URL of the request under way
     this.heatStat = null;     // null: chosen per cause
     this.heatNorm = 'global';
     this.adamVariable = -1;
     this.token = 0;
     this.detailToken = 0;
-    this.stats = {reloads: 0, timelineFetches: 0, drawMs: null, decodeMs: null};
+    this.stats = {reloads: 0, timelineFetches: 0, zoomFetches: 0, drawMs: null, decodeMs: null};
   }
 
   async start() {
@@ -157,7 +165,7 @@ class App {
     this.root.appendChild(this.main);
     this.timelineView = new TimelineView(this.timelineBox, {
       onSelect: (i) => this.select(i),
-      onZoom: (range) => { this.xRange = range; this.resetZoom.hidden = !range; },
+      onZoom: (range) => { this.xRange = range; this.resetZoom.hidden = !range; this.scheduleZoom(); },
     });
     this.heatmap = new HeatmapView(this.heatBox, {
       onStat: (s) => { this.heatStat = s; this.drawEvidence(); },
@@ -233,6 +241,8 @@ class App {
 
   async loadTimeline(keep) {
     const token = ++this.token;
+    this.cancelZoom();
+    this.zoom = null;
     const run = this.run;
     const width = requestWidth((this.timelineBox.clientWidth || 900) - 64);
     this.setStatus(keep ? 'reloading\u2026' : 'loading\u2026');
@@ -272,10 +282,16 @@ class App {
     this.setStatus('');
   }
 
+  /** What the timeline draws: the whole run, with a zoom's finer buckets
+   * merged in while zoomed. */
+  displayed() {
+    return this.xRange && this.zoom ? this.zoom.merged : this.timeline;
+  }
+
   drawTimeline() {
     const t = this.timeline, raw = this.rawTimeline;
     if (!t) return;
-    this.timelineView.setData(t, {log: this.log, optimizer: raw.optimizer, selected: this.selected, xRange: this.xRange});
+    this.timelineView.setData(this.displayed(), {log: this.log, optimizer: raw.optimizer, selected: this.selected, xRange: this.xRange});
     this.logToggle.checked = this.timelineView.log;
     this.logToggle.disabled = !this.timelineView.logAvailable;
     this.resetZoom.hidden = !this.xRange;
@@ -290,6 +306,74 @@ class App {
       t.nonfinite.some(Boolean) ? 'non-finite values' : null,
     ].filter(Boolean);
     this.facts.textContent = parts.join(' \u00b7 ');
+  }
+
+  // ---------------------------------------------------------- zoom refetch
+
+  /** Drops a pending or running range fetch (its answer is ignored). */
+  cancelZoom() {
+    clearTimeout(this.zoomTimer);
+    this.zoomTimer = 0;
+    this.zoomToken++;
+    this.zoomInFlight = null;
+    if (this.zoomAbort) { this.zoomAbort.abort(); this.zoomAbort = null; }
+  }
+
+  /** After the x window changed: back to the cached whole-run buckets when
+   * the zoom was reset, else fetch the window's buckets once it settles. */
+  scheduleZoom() {
+    if (!this.xRange) {
+      this.cancelZoom();
+      this.zoom = null;
+      // (called once per synced chart) not from inside uPlot's scale hook:
+      // swap the data on the next turn
+      if (this.timeline && this.timelineView.data !== this.timeline) {
+        this.zoomTimer = setTimeout(() => {
+          if (!this.xRange && this.timeline) this.timelineView.replaceData(this.timeline);
+        }, 0);
+      }
+      return;
+    }
+    clearTimeout(this.zoomTimer);
+    this.zoomTimer = setTimeout(() => { this.fetchZoom(); }, ZOOM_DEBOUNCE_MS);
+  }
+
+  async fetchZoom() {
+    const t = this.timeline, raw = this.rawTimeline, run = this.run;
+    if (!t || !raw || !this.xRange) return;
+    const view = zoomSteps(this.xRange, raw.first_step, raw.last_step);
+    const width = zoomWidth(this.timelineView.plotWidth());
+    if (!needsZoomFetch(view, width, raw, this.zoom)) {
+      if (this.zoomInFlight) this.cancelZoom();  // what is drawn will do: drop an older request
+      return;
+    }
+    const url = timelineUrl(run, width, view);
+    if (this.zoomInFlight === url) return;  // already asked
+    this.cancelZoom();
+    const token = this.zoomToken;
+    const ctrl = this.zoomAbort = new AbortController();
+    this.zoomInFlight = url;
+    this.stats.zoomFetches++;
+    let zraw;
+    try {
+      zraw = await api.timeline(run, width, ctrl.signal, view);
+    } catch (e) {
+      if (token !== this.zoomToken) return;  // superseded (or aborted for that)
+      this.zoomInFlight = null;
+      this.zoomAbort = null;
+      this.setStatus(`Could not load the zoomed range: ${e.message}`, 'error');
+      return;
+    }
+    // a newer zoom, a reset, another run or a reload supersedes this answer
+    if (token !== this.zoomToken || run !== this.run || raw !== this.rawTimeline || !this.xRange) return;
+    this.zoomInFlight = null;
+    this.zoomAbort = null;
+    this.zoom = {
+      requested: view, width, rangeSteps: zraw.range_steps, buckets: zraw.buckets,
+      merged: mergeTimelines(t, decodeTimeline(zraw), view),
+    };
+    if (this.status.classList.contains('error')) this.setStatus('');
+    this.timelineView.replaceData(this.zoom.merged);
   }
 
   renderSide() {
@@ -423,6 +507,7 @@ class App {
 
   resize() {
     this.timelineView.resize();
+    if (this.xRange) this.scheduleZoom();  // wider: maybe finer buckets
     this.heatmap.resize();
     this.adam.resize();
   }

@@ -149,6 +149,17 @@ export function formatStepShort(step) {
   return String(Math.round(step));
 }
 
+/** A step-axis tick label for ticks `incr` steps apart: the short form
+ * (formatStepShort) when it tells neighbouring ticks apart, else the full
+ * step ("499,500" rather than "499.5k" rounded to "500k"). */
+export function formatStepTick(step, incr) {
+  const short = formatStepShort(step);
+  const m = /^(-?[\d.]+)([kMG]?)$/.exec(short);
+  if (!m || !Number.isFinite(step)) return short;
+  const back = Number(m[1]) * ({k: 1e3, M: 1e6, G: 1e9}[m[2]] || 1);
+  return Math.abs(back - step) < Math.abs(incr || 0) / 4 || back === step ? short : formatStep(step);
+}
+
 /** A measured value with `digits` significant digits: "NaN", "+\u221e",
  * "\u2014" for not recorded; exponent form outside [1e-3, 1e5). */
 export function formatNumber(v, digits = 4) {
@@ -280,6 +291,114 @@ export function decodeTimeline(t) {
 /** The chart width to ask the backend for: two buckets per CSS pixel. */
 export function requestWidth(plotWidthPx) {
   return Math.max(100, Math.min(10000, Math.round((plotWidthPx || 800) * 2)));
+}
+
+// ---------------------------------------------------------------- zoom
+
+/** The relative URL of the timeline route for `run` at `width` buckets,
+ * restricted to the inclusive step range `range` ([first, last]) if given. */
+export function timelineUrl(run, width, range = null) {
+  const q = encodeURIComponent;
+  let url = `./timeline?run=${q(run)}&width=${q(width)}`;
+  if (range) url += `&first=${q(Math.round(range[0]))}&last=${q(Math.round(range[1]))}`;
+  return url;
+}
+
+/** The number of buckets to ask for a zoomed range: one per CSS pixel of
+ * the plot area (the API takes 1..10000). */
+export function zoomWidth(plotWidthPx) {
+  const w = Math.round(Number(plotWidthPx));
+  return Math.max(50, Math.min(10000, Number.isFinite(w) && w > 0 ? w : 800));
+}
+
+/** The whole steps [first, last] an x-scale window [min, max] shows,
+ * clamped to the run's [firstStep, lastStep]; null when there is no
+ * window, or it shows the whole run. */
+export function zoomSteps(xRange, firstStep, lastStep) {
+  if (!xRange || !Number.isFinite(xRange[0]) || !Number.isFinite(xRange[1])) return null;
+  if (!Number.isFinite(firstStep) || !Number.isFinite(lastStep)) return null;
+  const first = Math.max(firstStep, Math.floor(Math.min(xRange[0], xRange[1])));
+  const last = Math.min(lastStep, Math.ceil(Math.max(xRange[0], xRange[1])));
+  if (first > last) return null;
+  if (first <= firstStep && last >= lastStep) return null;
+  return [first, last];
+}
+
+/** Steps per bucket of a timeline response (or a loaded zoom:
+ * {rangeSteps, buckets}); Infinity when unknown. */
+export function stepsPerBucket(t) {
+  if (!t) return Infinity;
+  const steps = t.range_steps ?? t.rangeSteps ?? t.steps;
+  const buckets = t.buckets;
+  if (!(steps >= 0) || !(buckets > 0)) return Infinity;
+  return Math.max(1, steps / buckets);
+}
+
+/** Whether the step window `view` ([first, last], null: not zoomed) drawn
+ * `width` buckets wide needs a range fetch: not when the whole run's
+ * response `full` is already fine enough there (every row its own bucket,
+ * or about as fine as the window asks for), nor when the loaded `zoom`
+ * ({requested: [first, last], rangeSteps, buckets}) covers the window and
+ * is fine enough (at full resolution, range_steps <= buckets, always is).
+ * `tolerance`: how much coarser than asked still counts as fine enough. */
+export function needsZoomFetch(view, width, full, zoom = null, tolerance = 1.5) {
+  if (!view || !full) return false;
+  const wanted = Math.max(1, (view[1] - view[0] + 1) / Math.max(1, width));
+  const fine = (per) => per <= 1 || per <= wanted * tolerance;
+  if (fine(stepsPerBucket(full))) return false;
+  if (zoom && zoom.requested && zoom.requested[0] <= view[0] && zoom.requested[1] >= view[1] &&
+      fine(stepsPerBucket(zoom))) return false;
+  return true;
+}
+
+/** A decoded whole-run timeline with the buckets of a decoded range
+ * response `zoom` put in place of the ones they overlap: the run's coarse
+ * buckets before and after the range, the fine ones inside, so the x axis
+ * still spans the whole run. `range` ([first, last]) is kept as
+ * `zoomRange`. Series missing from one side are filled with null. */
+export function mergeTimelines(full, zoom, range = null) {
+  const n = zoom ? zoom.x.length : 0;
+  if (!n) return Object.assign({}, full, {zoomRange: range});
+  const lo = zoom.stepMin[0], hi = zoom.stepMax[n - 1];
+  const left = [], right = [];
+  for (let i = 0; i < full.x.length; i++) {
+    if (full.stepMax[i] < lo) left.push(i);
+    else if (full.stepMin[i] > hi) right.push(i);
+  }
+  const pick = (fa, za) => {
+    const out = new Array(left.length + n + right.length);
+    let k = 0;
+    for (const i of left) out[k++] = fa ? fa[i] ?? null : null;
+    for (let i = 0; i < n; i++) out[k++] = za ? za[i] ?? null : null;
+    for (const i of right) out[k++] = fa ? fa[i] ?? null : null;
+    return out;
+  };
+  const series = {};
+  for (const name of new Set([...Object.keys(full.series), ...Object.keys(zoom.series)])) {
+    const f = full.series[name], z = zoom.series[name];
+    series[name] = {min: pick(f && f.min, z && z.min), max: pick(f && f.max, z && z.max)};
+  }
+  return {
+    x: pick(full.x, zoom.x), stepMin: pick(full.stepMin, zoom.stepMin), stepMax: pick(full.stepMax, zoom.stepMax),
+    series, nonfinite: pick(full.nonfinite, zoom.nonfinite).map(Boolean),
+    anomalies: full.anomalies, zoomRange: range || [lo, hi],
+  };
+}
+
+/** The buckets of a decoded timeline that overlap the step window
+ * [lo, hi]: {buckets (their number), maxSteps (the widest one's steps),
+ * meanSteps}. */
+export function visibleBuckets(data, lo, hi) {
+  let buckets = 0, maxSteps = 0, total = 0;
+  const n = data && data.stepMin ? data.stepMin.length : 0;
+  for (let i = 0; i < n; i++) {
+    if (data.stepMax[i] < lo || data.stepMin[i] > hi) continue;
+    const steps = data.stepMax[i] - data.stepMin[i] + 1;
+    buckets++;
+    total += steps;
+    if (steps > maxSteps) maxSteps = steps;
+  }
+  return {buckets, maxSteps, meanSteps: buckets ? total / buckets : 0};
 }
 
 // ---------------------------------------------------------------- heatmap

@@ -46,7 +46,10 @@ page.on('console', (m) => {
 });
 page.on('dialog', async (d) => { dialogs++; await d.dismiss(); });
 let timelineRequests = 0;
-page.on('request', (r) => { if (r.url().includes('/data/plugin/tb_stability/timeline')) timelineRequests++; });
+const timelineUrls = [];
+page.on('request', (r) => {
+  if (r.url().includes('/data/plugin/tb_stability/timeline')) { timelineRequests++; timelineUrls.push(r.url()); }
+});
 
 function pluginFrame() {
   const f = page.frames().find((fr) => fr.url().includes('plugin_entry.html?name=tb_stability'));
@@ -75,6 +78,122 @@ async function shot(name, frameOnly = true) {
   else await page.screenshot({path, fullPage: false});
   log('screenshot', path);
   return path;
+}
+
+/** 10. Zooming the 1M-step run fetches the zoomed range at the chart's
+ * width (a few steps per bucket), a newer zoom supersedes an older
+ * request, and a reset goes back to the cached whole run. */
+async function zoomChecks(f, run, big) {
+  const box = f.locator('[data-testid=timeline]');
+  const attrs = () => box.evaluate((b) => ({
+    per: Number(b.dataset.stepsPerBucket), n: Number(b.dataset.visibleBuckets),
+    range: b.dataset.zoomRange ? b.dataset.zoomRange.split(',').map(Number) : null}));
+  const rangeUrls = () => timelineUrls.filter((u) => /[?&]first=\d+/.test(u) && /[?&]last=\d+/.test(u))
+    .map((u) => new URL(u)).filter((u) => u.searchParams.get('run') === run);
+  const zoomedTo = (lo, hi, timeout = 30000) => f.waitForFunction(([a, b]) => {
+    const r = document.querySelector('[data-testid=timeline]').dataset.zoomRange;
+    if (!r) return false;
+    const [x, y] = r.split(',').map(Number);
+    return x <= a && y >= b && y - x < (b - a) * 2 + 100;
+  }, [lo, hi], {timeout});
+  const whole = await attrs();
+  assert.equal(whole.range, null, 'not zoomed');
+  assert.ok(whole.per > 100, `the whole 1M-step run is in coarse buckets (${whole.per} steps)`);
+  const nMarkers = await f.locator('[data-testid=anomaly-marker]').count();
+
+  const ob = await f.locator('[data-testid=timeline] .u-over').boundingBox();
+  const toX = (step) => f.evaluate((s) => window.tbStability.timelineView.loss.valToPos(s, 'x'), step);
+  const y = ob.y + ob.height - 12;  // below the markers
+  async function drag(a, b) {
+    const xa = ob.x + await toX(a), xb = ob.x + await toX(b);
+    await page.mouse.move(xa, y);
+    await page.mouse.down();
+    await page.mouse.move((xa + xb) / 2, y, {steps: 4});
+    await page.mouse.move(xb, y, {steps: 4});
+    await page.mouse.up();
+  }
+  const spike = 500000;
+  const near = big.anomalies.map((a) => a.peak_step ?? a.step).sort((a, b) => Math.abs(a - spike) - Math.abs(b - spike))[0];
+  assert.ok(Math.abs(near - spike) < 1000, `an anomaly at the planted spike ${spike} (nearest ${near})`);
+
+  // a mouse drag over ~30k steps, then a second one over ~3k inside it
+  const n0 = rangeUrls().length;
+  await drag(spike - 15000, spike + 15000);
+  await zoomedTo(spike - 14000, spike + 14000);
+  assert.ok(rangeUrls().length > n0, 'the zoom fetched its range with first/last');
+  let z = await attrs();
+  assert.ok(z.per <= 40, `~30k steps zoomed: buckets of ${z.per} steps`);
+  await drag(spike - 1500, spike + 1500);
+  await zoomedTo(spike - 1400, spike + 1400);
+  z = await attrs();
+  const last = rangeUrls().at(-1);
+  const [qf, ql, qw] = ['first', 'last', 'width'].map((k) => Number(last.searchParams.get(k)));
+  assert.ok(qf <= spike && ql >= spike && ql - qf < 4000, `the range asked for: ${qf}..${ql}`);
+  assert.ok(Math.abs(qw - ob.width) <= 2, `asked at the chart's pixel width (${qw} for ${ob.width} px)`);
+  assert.ok(z.per <= 4, `a few-thousand-step zoom draws buckets of at most a few steps (${z.per})`);
+  assert.ok(z.n >= 500, `with many buckets in view (${z.n})`);
+  const around = await f.evaluate((s) => {
+    const d = window.tbStability.timelineView.data;
+    const i = d.stepMin.findIndex((m, k) => m <= s && d.stepMax[k] >= s);
+    return {w: d.stepMax[i] - d.stepMin[i] + 1, sub: document.querySelector('.timeline .chart-sub').textContent};
+  }, near);
+  assert.ok(around.w <= 4, `the spike's bucket is ${around.w} steps wide`);
+  assert.match(around.sub, /per (step|bucket of ~\d steps)/);
+  // markers, signal strip and the log toggle still work on the zoomed data
+  assert.equal(await f.locator('[data-testid=anomaly-marker]').count(), nMarkers);
+  assert.equal(await f.locator(`[data-testid=anomaly-marker][data-peak-step="${near}"]`).first()
+    .evaluate((m) => m.style.display), '', 'the spike marker is shown');
+  const stripPoints = await f.evaluate(() => window.tbStability.timelineView.signalCharts.map((c) => c.u.data[0].length));
+  const lossPoints = await f.evaluate(() => window.tbStability.timelineView.loss.data[0].length);
+  assert.ok(stripPoints.every((n) => n === lossPoints), 'the strip draws the same buckets as the loss');
+  await shot('zoomed.png');
+  const before = rangeUrls().length;
+  await f.locator('[data-testid=log-toggle]').click();
+  await page.waitForTimeout(400);
+  z = await attrs();
+  assert.ok(z.per <= 4 && z.range, 'the log toggle keeps the zoomed buckets');
+  await f.locator('[data-testid=log-toggle]').click();
+  await page.evaluate(() => document.body.classList.add('dark-mode'));
+  await f.waitForFunction(() => document.body.classList.contains('dark'));
+  await page.waitForTimeout(400);
+  assert.ok((await attrs()).per <= 4, 'dark mode keeps the zoomed buckets');
+  await page.evaluate(() => document.body.classList.remove('dark-mode'));
+  await f.waitForFunction(() => !document.body.classList.contains('dark'));
+  assert.equal(rangeUrls().length, before, 'redrawing needed no refetch');
+
+  // a newer zoom supersedes a slower older request
+  let delay = 2500;
+  const handler = async (route) => {
+    const d = /[?&]first=/.test(route.request().url()) ? delay : 0;
+    if (d) delay = 0;
+    if (d) await new Promise((r) => setTimeout(r, d));
+    try { await route.continue(); } catch (e) { /* aborted by the page */ }
+  };
+  await page.route(/\/data\/plugin\/tb_stability\/timeline\?/, handler);
+  const setX = (lo, hi) => f.evaluate(([a, b]) => window.tbStability.timelineView.loss.setScale('x', {min: a, max: b}), [lo, hi]);
+  const n1 = rangeUrls().length;
+  await setX(123456 - 2000, 123456 + 2000);
+  const t1 = Date.now();
+  while (rangeUrls().length === n1 && Date.now() - t1 < 5000) await page.waitForTimeout(50);
+  assert.ok(rangeUrls().length > n1, 'the first zoom was requested');
+  await setX(987654 - 1500, 987654 + 1500);
+  await zoomedTo(987654 - 1400, 987654 + 1400);
+  await page.waitForTimeout(3000);  // the slow first answer would have come by now
+  z = await attrs();
+  assert.ok(z.range[0] <= 987654 && z.range[1] >= 987654, `the newer zoom stays drawn (${z.range})`);
+  await page.unroute(/\/data\/plugin\/tb_stability\/timeline\?/, handler);
+
+  // double-click resets to the cached whole run, without a request
+  const n2 = timelineRequests;
+  await page.mouse.dblclick(ob.x + ob.width / 2, y);
+  await f.waitForFunction(() => document.querySelector('[data-testid=timeline]').dataset.zoomRange === '');
+  await page.waitForTimeout(500);
+  z = await attrs();
+  assert.equal(z.per, whole.per, 'back to the whole-run buckets');
+  assert.equal(z.n, whole.n);
+  assert.equal(timelineRequests, n2, 'the reset used the cached whole run');
+  assert.equal(await f.locator('[data-testid=reset-zoom]').isHidden(), true);
+  log('zoom refetch ok', `stats ${JSON.stringify(await f.evaluate(() => window.tbStability.stats))}`);
 }
 
 const t0 = Date.now();
@@ -264,6 +383,7 @@ try {
     console.log(`BENCH timeline_draw_ms=${ms.toFixed(1)} steps=${big.steps} buckets=${buckets} anomalies=${big.anomalies.length}`);
     assert.ok(ms < Number(args['max-draw-ms']), `1M-step timeline drawn in ${ms} ms`);
     await shot('one-million-steps.png');
+    await zoomChecks(f, args['big-run'], big);
   }
 
   assert.deepEqual(errors, [], 'no errors in the page');

@@ -192,3 +192,115 @@ test('colormap and nearestIndex', () => {
   assert.equal(nearestIndex([10, 20, 30], -5), 0);
   assert.equal(nearestIndex([], 3), -1);
 });
+
+// ---------------------------------------------------------------- zoom
+
+import {
+  mergeTimelines, needsZoomFetch, stepsPerBucket, timelineUrl, visibleBuckets, zoomSteps, zoomWidth,
+} from '../../src/model.js';
+
+test('timelineUrl: relative, escaped, optional inclusive range', () => {
+  assert.equal(timelineUrl('a b/<c>', 800), './timeline?run=a%20b%2F%3Cc%3E&width=800');
+  assert.equal(timelineUrl('r', 1100, [499000, 501000]), './timeline?run=r&width=1100&first=499000&last=501000');
+  assert.equal(timelineUrl('r&x=1', 10, [1.2, 7.8]), './timeline?run=r%26x%3D1&width=10&first=1&last=8');
+  assert.equal(timelineUrl('r', 10, null), './timeline?run=r&width=10');
+});
+
+test('zoomWidth: one bucket per plot pixel, within the API limits', () => {
+  assert.equal(zoomWidth(1100.4), 1100);
+  assert.equal(zoomWidth(20), 50);
+  assert.equal(zoomWidth(123456), 10000);
+  assert.equal(zoomWidth(undefined), 800);
+  assert.equal(zoomWidth(0), 800);
+});
+
+test('zoomSteps: whole steps of the window, clamped; null for the whole run', () => {
+  assert.deepEqual(zoomSteps([498500.3, 501499.6], 0, 999999), [498500, 501500]);
+  assert.deepEqual(zoomSteps([-50, 100], 0, 999), [0, 100]);
+  assert.deepEqual(zoomSteps([900, 5000], 0, 999), [900, 999]);
+  assert.equal(zoomSteps(null, 0, 999), null);
+  assert.equal(zoomSteps([-1, 1000], 0, 999), null);
+  assert.equal(zoomSteps([0, 999], 0, 999), null);
+  assert.equal(zoomSteps([2000, 3000], 0, 999), null);  // nothing recorded there
+  assert.equal(zoomSteps([NaN, 3], 0, 999), null);
+  assert.equal(zoomSteps([1, 2], null, 999), null);
+});
+
+test('stepsPerBucket of a response or a loaded zoom', () => {
+  assert.equal(stepsPerBucket({steps: 1000000, buckets: 2000}), 500);
+  assert.equal(stepsPerBucket({steps: 1000000, range_steps: 3001, buckets: 1100}), 3001 / 1100);
+  assert.equal(stepsPerBucket({rangeSteps: 500, buckets: 1100}), 1);  // full resolution
+  assert.equal(stepsPerBucket({steps: 10, buckets: 0}), Infinity);
+  assert.equal(stepsPerBucket(null), Infinity);
+});
+
+test('needsZoomFetch: only when neither the whole run nor the loaded zoom is fine enough', () => {
+  const full = {steps: 1000000, range_steps: 1000000, buckets: 2000};  // 500 steps per bucket
+  assert.equal(needsZoomFetch(null, 1000, full, null), false, 'not zoomed');
+  assert.equal(needsZoomFetch([0, 3000], 1000, full, null), true);
+  assert.equal(needsZoomFetch([0, 900000], 1000, full, null), false, 'the whole run is about as fine');
+  assert.equal(needsZoomFetch([0, 3000], 1000, {steps: 1500, range_steps: 1500, buckets: 1500}, null), false,
+    'every row of the run is already its own bucket');
+  // a loaded zoom that covers the window
+  const zoom = {requested: [0, 20000], rangeSteps: 20001, buckets: 1000};  // ~20 per bucket
+  assert.equal(needsZoomFetch([0, 20000], 1000, full, zoom), false, 'the same window again');
+  assert.equal(needsZoomFetch([3000, 17000], 1000, full, zoom), false, 'within 1.5x of asked');
+  assert.equal(needsZoomFetch([5000, 8000], 1000, full, zoom), true, 'zoomed further in');
+  assert.equal(needsZoomFetch([19000, 25000], 1000, full, zoom), true, 'partly outside the loaded range');
+  const exact = {requested: [100, 600], rangeSteps: 501, buckets: 501};  // range_steps <= buckets
+  assert.equal(needsZoomFetch([200, 210], 1000, full, exact), false, 'full resolution needs no refetch');
+  assert.equal(needsZoomFetch([50, 210], 1000, full, exact), true);
+});
+
+function decoded(stepMin, stepMax, loss, extra = {}) {
+  return decodeTimeline({step_min: stepMin, step_max: stepMax,
+    series: {loss: {min: loss, max: loss.map((v) => (typeof v === 'number' ? v * 2 : v))}, ...extra},
+    nonfinite: stepMin.map(() => 0), anomalies: [{step: 5, peak_step: 6}]});
+}
+
+test('mergeTimelines puts the fine buckets in place of the coarse ones they overlap', () => {
+  const full = decoded([0, 10, 20, 30], [9, 19, 29, 39], [1, 2, 3, 4], {lr: {min: [1, 1, 1, 1], max: [1, 1, 1, 1]}});
+  const zoom = decodeTimeline({step_min: [12, 14, 16], step_max: [13, 15, 21],
+    series: {loss: {min: [5, 'NaN', 7], max: [5, 'Infinity', 7]}}, nonfinite: [0, 1, 0], anomalies: []});
+  const m = mergeTimelines(full, zoom, [12, 21]);
+  assert.deepEqual(m.stepMin, [0, 12, 14, 16, 30]);
+  assert.deepEqual(m.stepMax, [9, 13, 15, 21, 39]);
+  assert.deepEqual(m.x, [4.5, 12.5, 14.5, 18.5, 34.5]);
+  assert.equal(m.series.loss.min[1], 5);
+  assert.ok(Number.isNaN(m.series.loss.min[2]));
+  assert.equal(m.series.loss.max[2], Infinity);
+  assert.deepEqual(m.series.lr.min, [1, null, null, null, 1], 'a series the range lacks is a gap there');
+  assert.deepEqual(m.nonfinite, [false, false, true, false, false]);
+  assert.equal(m.anomalies, full.anomalies);
+  assert.deepEqual(m.zoomRange, [12, 21]);
+  // x ascending
+  for (let i = 1; i < m.x.length; i++) assert.ok(m.x[i] > m.x[i - 1]);
+  // the range at the run's ends
+  const ends = mergeTimelines(full, decoded([0, 1], [0, 1], [9, 9]), [0, 1]);
+  assert.deepEqual(ends.stepMin, [0, 1, 10, 20, 30]);
+  // an empty range answer: the whole run
+  const none = mergeTimelines(full, decodeTimeline({step_min: [], step_max: [], series: {}}), [41, 50]);
+  assert.deepEqual(none.stepMin, full.stepMin);
+  assert.deepEqual(none.zoomRange, [41, 50]);
+  assert.equal(full.zoomRange, undefined, 'the input is not changed');
+});
+
+test('visibleBuckets: the buckets overlapping a window and their widths', () => {
+  const d = decoded([0, 10, 12, 14, 30], [9, 11, 13, 29, 39], [1, 2, 3, 4, 5]);
+  assert.deepEqual(visibleBuckets(d, 10.5, 13.2), {buckets: 2, maxSteps: 2, meanSteps: 2});
+  assert.deepEqual(visibleBuckets(d, -Infinity, Infinity), {buckets: 5, maxSteps: 16, meanSteps: 8});
+  assert.deepEqual(visibleBuckets(d, 50, 60), {buckets: 0, maxSteps: 0, meanSteps: 0});
+  assert.deepEqual(visibleBuckets(null, 0, 1), {buckets: 0, maxSteps: 0, meanSteps: 0});
+});
+
+test('formatStepTick: short labels only where they tell the ticks apart', async () => {
+  const {formatStepTick} = await import('../../src/model.js');
+  assert.equal(formatStepTick(500000, 50000), '500k');
+  assert.equal(formatStepTick(499500, 500), '499,500');
+  assert.equal(formatStepTick(499000, 1000), '499k');
+  assert.equal(formatStepTick(1500000, 500000), '1.5M');
+  assert.equal(formatStepTick(1001000, 1000), '1,001,000');
+  assert.equal(formatStepTick(950, 50), '950');
+  assert.equal(formatStepTick(12000, 1000), '12k');
+  assert.equal(formatStepTick(NaN, 1), '');
+});

@@ -5,13 +5,16 @@
 //   .timeline
 //     .chart-head     title, readout of the step under the cursor
 //     .chart.loss     uPlot; .markers layer in its u-over, one
-//                     button[data-testid=anomaly-marker] per anomaly
+//                     button[data-testid=anomaly-marker] per anomaly;
+//                     data-steps-per-bucket (widest bucket in view),
+//                     data-visible-buckets, data-zoom-range ("first,last"
+//                     of the fine buckets drawn for a zoom, or "")
 //     .strip          one small uPlot (or a "not recorded" note) per signal
 
 import uPlot from '../vendor/uplot/uPlot.esm.js';
 import {
   anomalyCause, canLog, causeStyle, decodeFloat, finiteRange, formatNumber,
-  formatStep, formatStepShort, logSplits, plottable, shapePath, shouldLog,
+  formatStep, formatStepTick, logSplits, plottable, shapePath, shouldLog, visibleBuckets,
 } from '../model.js';
 import {clear, el, svgShape, themeColors} from './dom.js';
 
@@ -40,6 +43,7 @@ export class TimelineView {
     this.container = container;
     this.handlers = handlers;
     this.charts = [];
+    this.signalCharts = [];   // [{u, key, log}]
     this.data = null;
     this.selected = -1;
     this.syncKey = `tbs-${++syncCounter}`;
@@ -50,12 +54,15 @@ export class TimelineView {
   destroy() {
     for (const c of this.charts) c.destroy();
     this.charts = [];
+    this.signalCharts = [];
     this.loss = null;
+    this.lossBox = null;
     clear(this.container);
   }
 
   /**
-   * Draws a decoded timeline (model.decodeTimeline).
+   * Draws a decoded timeline (model.decodeTimeline, or model.mergeTimelines
+   * for a zoom), building the charts anew.
    * @param {!Object} data decoded timeline
    * @param {{log: ?boolean, optimizer: ?Object, selected: number,
    *          xRange: ?Array<number>, firstStep: number, lastStep: number}} opts
@@ -72,20 +79,15 @@ export class TimelineView {
     this.log = logOk && (opts.log === null || opts.log === undefined ? shouldLog([loss.min, loss.max]) : !!opts.log);
     this.logAvailable = logOk;
 
-    const x = data.x.slice();
-    if (x.length > 1) {  // the ends of the axis are the run's first and last step
-      x[0] = data.stepMin[0];
-      x[x.length - 1] = data.stepMax[data.stepMax.length - 1];
-    }
-    this.xs = x;
+    const x = this.xs = axisSteps(data);
 
     // Header with the cursor readout.
     this.readout = el('span', {class: 'readout', 'data-testid': 'readout'});
     this.container.appendChild(el('div', {class: 'chart-head'},
-      el('span', {class: 'chart-title'}, 'loss', el('span', {class: 'chart-sub'}, ` min/max per ${this.bucketText()}`)),
+      el('span', {class: 'chart-title'}, 'loss', this.sub = el('span', {class: 'chart-sub'}, '')),
       this.readout));
 
-    const lossBox = el('div', {class: 'chart loss', 'data-testid': 'timeline'});
+    const lossBox = this.lossBox = el('div', {class: 'chart loss', 'data-testid': 'timeline'});
     this.container.appendChild(lossBox);
     this.loss = new uPlot(this.lossOptions(width, colors), [x, plottable(loss.min, this.log), plottable(loss.max, this.log)], lossBox);
     this.charts.push(this.loss);
@@ -113,16 +115,58 @@ export class TimelineView {
         [x, plottable(s.min, slog), plottable(s.max, slog)], box);
       u.root.querySelector('.u-wrap').appendChild(label);
       this.charts.push(u);
+      this.signalCharts.push({u, key: sig.key, log: slog});
     }
+    this.updateResolution();
     if (opts.xRange) this.setXRange(opts.xRange);
   }
 
-  bucketText() {
+  /**
+   * Swaps the drawn data for other buckets of the same run (a zoom's
+   * finer ones merged in, or the whole run's back), keeping the charts,
+   * their log choices, the markers and the x window.
+   * @param {!Object} data decoded (or merged) timeline
+   */
+  replaceData(data) {
+    if (!this.loss) return;
+    this.data = data;
+    const x = this.xs = axisSteps(data);
+    const {min, max} = this.loss.scales.x;
+    const loss = data.series.loss || {min: [], max: []};
+    const apply = (u, s, log) => {
+      u.setData([x, plottable(s ? s.min : x.map(() => null), log), plottable(s ? s.max : x.map(() => null), log)], false);
+      if (min !== null && max !== null) u.setScale('x', {min, max});  // re-ranges y over the window and redraws
+      else u.redraw();
+    };
+    // the x window stays as it is, so no zoom is reported
+    apply(this.loss, loss, this.log);
+    for (const c of this.signalCharts) apply(c.u, data.series[c.key], c.log);
+    this.updateResolution();
+  }
+
+  /** The header's "min/max per ..." and the data attributes: the buckets
+   * in the current x window and the widest one's steps. */
+  updateResolution() {
     const d = this.data;
-    if (!d.x.length) return 'step';
-    const span = d.stepMax[d.stepMax.length - 1] - d.stepMin[0] + 1;
-    const per = span / d.x.length;
-    return per <= 1.0001 ? 'step' : `bucket of ~${formatStep(per)} steps`;
+    if (!d || !this.lossBox) return;
+    let lo = -Infinity, hi = Infinity;
+    if (this.loss && this.loss.scales.x.min !== null && this.loss.scales.x.min !== undefined) {
+      lo = this.loss.scales.x.min;
+      hi = this.loss.scales.x.max;
+    }
+    const v = visibleBuckets(d, lo, hi);
+    const box = this.lossBox;
+    box.dataset.stepsPerBucket = String(v.maxSteps);
+    box.dataset.visibleBuckets = String(v.buckets);
+    box.dataset.zoomRange = d.zoomRange ? `${d.zoomRange[0]},${d.zoomRange[1]}` : '';
+    const text = !v.buckets || v.maxSteps <= 1 ? 'step' : `bucket of ~${formatStep(v.meanSteps)} steps`;
+    if (this.sub) this.sub.textContent = ` min/max per ${text}`;
+  }
+
+  /** Width of the plot area in CSS pixels. */
+  plotWidth() {
+    if (!this.loss) return Math.max(200, (this.container.clientWidth || 800) - AXIS_SIZE);
+    return this.loss.bbox.width / (window.devicePixelRatio || 1);
   }
 
   common(width, height, colors) {
@@ -139,7 +183,7 @@ export class TimelineView {
       axes: [
         {stroke: colors.axis, font, size: 22, gap: 3, incrs: STEP_INCRS,
           grid: {stroke: colors.grid, width: 1}, ticks: {stroke: colors.grid, width: 1, size: 4},
-          values: (u, vals) => vals.map(formatStepShort)},
+          values: (u, vals, axis, space, incr) => vals.map((v) => formatStepTick(v, incr))},
         {stroke: colors.axis, font, size: AXIS_SIZE, gap: 4,
           grid: {stroke: colors.grid, width: 1}, ticks: {stroke: colors.grid, width: 1, size: 4},
           values: (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 3)))},
@@ -161,7 +205,12 @@ export class TimelineView {
       {label: 'loss max', stroke: colors.loss, width: 1},
     ];
     o.bands = [{series: [2, 1], fill: colors.lossBand}];
-    o.hooks.draw = [(u) => { this.drawOverlay(u, true); this.placeMarkers(u); this.lastDrawAt = performance.now(); }];
+    o.hooks.draw = [(u) => {
+      this.drawOverlay(u, true);
+      this.placeMarkers(u);
+      this.updateResolution();
+      this.lastDrawAt = performance.now();
+    }];
     return o;
   }
 
@@ -357,4 +406,15 @@ export class TimelineView {
       if (Math.abs(c.width - width) > 0.5) c.setSize({width, height: c.height});
     }
   }
+}
+
+/** The x column of a decoded timeline: bucket centres, with the ends at
+ * the first and last step so that the axis spans every recorded step. */
+function axisSteps(data) {
+  const x = data.x.slice();
+  if (x.length > 1) {
+    x[0] = data.stepMin[0];
+    x[x.length - 1] = data.stepMax[data.stepMax.length - 1];
+  }
+  return x;
 }

@@ -145,6 +145,41 @@ def vanishing_gradient(logdir):
     _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2)
 
 
+def exploding_gradient(logdir):
+    """Pascanu's cliff: a tanh RNN, plain SGD, no clipping, on a memory task.
+
+    The class (1 of 4) is shown at the first of 30 steps of distractor noise
+    and must be reported at the last. The RNN learns it by growing attractors
+    (recurrent spectral radius 1.0 -> ~1.7; loss 1.39 -> ~0.013 by step 440).
+    At step 447 one sequence of the batch ends near a basin boundary (its
+    final state is ~30x more sensitive to the recurrent gain than a typical
+    one): it alone carries the RNN layer's gradients ~500-1300x above their
+    recent level, while the dense layers' move < 3x and the loss is still
+    normal. The SGD step that follows throws the recurrent weights; the loss
+    spikes ~300x (peak at step 451) and recovers only after ~100 steps.
+    """
+    steps, length, classes, batch = 600, 30, 4, 64
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+
+    def batches(step):
+        x = 0.2 * rng.normal(size=(batch, length, classes)).astype(np.float32)
+        labels = rng.integers(0, classes, batch)
+        y = np.eye(classes, dtype=np.float32)[labels]
+        x[:, 0, :] += 3.0 * y
+        return x, y
+
+    model = keras.Sequential([
+        keras.Input((length, classes)),
+        keras.layers.SimpleRNN(16, use_bias=False, name="rnn",
+                               recurrent_initializer=keras.initializers.Orthogonal(1.0, seed=0)),
+        keras.layers.Dense(16, activation="tanh", name="hidden"),
+        keras.layers.Dense(classes, name="logits")], name="explode")
+    opt = keras.optimizers.SGD(0.05)
+
+    return _loop(logdir, model, opt, _xent, batches, steps)
+
+
 def healthy_noisy_sgd(logdir):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((784,)),
@@ -238,6 +273,7 @@ SCENARIOS = {
     "bad_init": bad_init,
     "dead_units": dead_units,
     "vanishing_gradient": vanishing_gradient,
+    "exploding_gradient": exploding_gradient,
 }
 HEALTHY = {
     "healthy_noisy_sgd": healthy_noisy_sgd,

@@ -77,3 +77,36 @@ def test_missing_series_degrade_to_unknown():
     run.glob[400, GLOBAL["loss"]] *= 1000.0
     (a,) = analyze_run(run)
     assert a["causes"][0]["cause"] == causes.UNKNOWN
+
+
+def _shock_then_rise(gap):
+    run = _run(optimizer={"name": "Adam", "adam": True, "epsilon": 1e-7,
+                          "beta_1": 0.9, "beta_2": 0.999})
+    run.glob[:, GLOBAL["rms_ratio_max"]] = 0.3
+    run.glob[500, GLOBAL["loss"]] *= 1e5  # one bad batch
+    run.glob[500, GLOBAL["grad_norm"]] = 1e4
+    run.detail[500, :, STAT["grad_norm"]] *= 1e4
+    rise = slice(501 + gap, 560)
+    run.glob[rise, GLOBAL["loss"]] *= 40.0  # the damaged weights
+    return run
+
+
+def test_rise_right_after_a_bad_batch_is_its_sequel():
+    first, second = analyze_run(_shock_then_rise(gap=2))[:2]
+    assert first["peak_step"] == 500
+    assert first["causes"][0]["cause"] == causes.BAD_BATCH
+    assert second["step"] == 503
+    top = second["causes"][0]
+    assert top["cause"] == causes.BAD_BATCH and top["sequel_of"] == 500
+    assert any("inflated, not decayed" in e for e in top["evidence"])
+
+
+def test_no_sequel_without_a_shock_or_far_after():
+    run = _shock_then_rise(gap=2)
+    run.glob[500, GLOBAL["grad_norm"]] = 5.0  # the spike was no gradient shock
+    for a in analyze_run(run)[1:]:
+        assert all("sequel_of" not in c for c in a["causes"])
+    far = _shock_then_rise(gap=200)
+    far.glob[701:760, GLOBAL["loss"]] *= 40.0
+    for a in analyze_run(far)[1:]:
+        assert all("sequel_of" not in c for c in a["causes"])

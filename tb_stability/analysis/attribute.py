@@ -342,6 +342,10 @@ def adam_epsilon(ctx: Context, a: Anomaly):
     run = ctx.run
     if a.kind not in ("spike", "divergence") or not run.is_adam:
         return None
+    if a.end_step is not None and a.end_step - a.step <= 1:
+        # Up for one step, back the next: the weights before and after were
+        # both fine, so the batch, not the optimizer's step, made it.
+        return None
     eps = run.optimizer.get("epsilon")
     i0, ip = ctx.idx(a.step), ctx.idx(a.peak_step)
     evidence, score, layer, lead = [], 0.2, None, None
@@ -435,6 +439,11 @@ def bad_batch(ctx: Context, a: Anomaly):
             evidence.append(f"{share:.0%} of the tensors' gradient norms jumped "
                             f"more than 5x together: the batch, not one layer.")
             confidence = 0.75
+    jump = single_layer_jump(ctx, a.peak_step, a.peak_step - 1)
+    if jump is not None:
+        confidence -= 0.2  # one layer led: not the batch alone
+        evidence.append(f"But {ctx.name(jump[1])}'s gradient jumped alone "
+                        f"{a.peak_step - jump[0]} steps before.")
     rms = run.col("rms_ratio_max")
     lo = max(0, ip - LEAD_WINDOW)
     level = rms_precursor_level(rms, lo)
@@ -447,28 +456,48 @@ def bad_batch(ctx: Context, a: Anomaly):
     return _cause(C.BAD_BATCH, confidence, evidence)
 
 
-def exploding_gradient(ctx: Context, a: Anomaly):
+def single_layer_jump(ctx: Context, peak_step: int, last_step: int):
+    """The first step in the detail rows before `last_step` (inclusive)
+    where one layer's gradient norm jumped > 100x its recent level while the
+    median tensor of the *other* layers moved < 3x.
+
+    Returns (step, variable index, jump, others' median jump) or None.
+    """
     run = ctx.run
-    steps_d, det = run.detail_between(a.peak_step - LEAD_WINDOW - 16, a.peak_step)
-    if len(steps_d) < 8 or det.shape[1] < 3:
+    steps_d, det = run.detail_between(peak_step - LEAD_WINDOW - 16, last_step)
+    if len(steps_d) < 9 or det.shape[1] < 3:
         return None
     g = det[:, :, STAT["grad_norm"]]
     hist = np.nanmedian(g[:8], axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = g / np.maximum(hist, 1e-30)
-    layer_med = np.nanmedian(rel, axis=1)
+    layers = [ctx.name(k).rpartition("/")[0] for k in range(g.shape[1])]
     for t in range(8, len(steps_d)):
         jumped = np.flatnonzero(rel[t] > 100)
-        if len(jumped) and layer_med[t] < 3:
-            k = int(jumped[np.argmax(rel[t, jumped])])
-            lead = int(a.peak_step - steps_d[t])
-            layer = ctx.name(k)
-            return _cause(C.EXPLODING_GRADIENT, 0.6, [
-                f"The gradient norm of {layer} jumped {_fmt(rel[t, k])}x its "
-                f"recent level at step {int(steps_d[t])}, {lead} steps before "
-                f"the peak, while the median tensor moved {_fmt(layer_med[t])}x."],
-                layer=layer, lead=lead)
+        if not len(jumped):
+            continue
+        k = int(jumped[np.argmax(rel[t, jumped])])
+        others = [j for j in range(g.shape[1]) if layers[j] != layers[k]]
+        if not others:
+            continue
+        med = float(np.nanmedian(rel[t, others]))
+        if med < 3:
+            return int(steps_d[t]), k, float(rel[t, k]), med
     return None
+
+
+def exploding_gradient(ctx: Context, a: Anomaly):
+    jump = single_layer_jump(ctx, a.peak_step, a.peak_step)
+    if jump is None:
+        return None
+    step, k, rel, med = jump
+    lead = int(a.peak_step - step)
+    layer = ctx.name(k)
+    return _cause(C.EXPLODING_GRADIENT, 0.5 if lead == 0 else 0.6, [
+        f"The gradient norm of {layer} jumped {_fmt(rel)}x its recent level at "
+        f"step {step}, {lead} steps before the peak, while the other layers' "
+        f"median tensor moved {_fmt(med)}x."],
+        layer=layer, lead=lead)
 
 
 def vanishing_gradient(ctx: Context, a: Anomaly):

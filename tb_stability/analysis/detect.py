@@ -103,12 +103,13 @@ def _excursions(steps, loss, y, base, scale, stop_at=None):
         hot = hot[hot < stop_at]
     found = []
     i = 0
+    floor = 0  # an onset never reaches back into the previous excursion
     while i < len(hot):
         first = int(hot[i])
         b, s = base[first], scale[first]
         back = max(ONSET, 2 * s)
         onset = first
-        while onset > 0 and np.isfinite(y[onset - 1]) and y[onset - 1] - b > back \
+        while onset > floor and np.isfinite(y[onset - 1]) and y[onset - 1] - b > back \
                 and first - onset < 4 * BLOCK * BLOCKS:
             onset -= 1
         # The excursion ends at the first step back within 3x of b.
@@ -130,6 +131,7 @@ def _excursions(steps, loss, y, base, scale, stop_at=None):
         ))
         if end is None:
             break
+        floor = end + 1
         i = int(np.searchsorted(hot, end))
     return found
 

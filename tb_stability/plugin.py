@@ -16,7 +16,6 @@ routes are documented in `http_api.md`.
 import collections
 import json
 import logging
-import mimetypes
 import os
 import re
 import threading
@@ -131,7 +130,7 @@ class StabilityPlugin(base_plugin.TBPlugin):
         if not full.startswith(_STATIC_DIR + os.sep) or not os.path.isfile(full):
             raise errors.NotFoundError(f"no static file {_quote(name)}")
         ext = os.path.splitext(full)[1].lower()
-        content_type = _STATIC_TYPES.get(ext) or mimetypes.guess_type(full)[0]
+        content_type = _STATIC_TYPES.get(ext)
         if content_type is None:
             raise errors.NotFoundError(f"no static file {_quote(name)}")
         with open(full, "rb") as f:

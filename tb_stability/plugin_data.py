@@ -80,10 +80,13 @@ def layer_of(variable: str) -> str:
     return head if sep else variable
 
 
+def _titled(cause: Dict) -> Dict:
+    """A report cause dict with its plain-words `title` added."""
+    return dict(cause, title=causes_lib.TITLE.get(cause["cause"], cause["cause"]))
+
+
 def _anomaly_summary(a: Dict) -> Dict:
-    top = dict(a["causes"][0]) if a["causes"] else None
-    if top is not None:
-        top["title"] = causes_lib.TITLE.get(top["cause"], top["cause"])
+    top = _titled(a["causes"][0]) if a["causes"] else None
     return {
         "kind": a["kind"], "step": a["step"], "peak_step": a["peak_step"],
         "end_step": a["end_step"], "severity": a["severity"],
@@ -177,14 +180,17 @@ def _columns(steps: np.ndarray, onset: int, peak: int,
     return np.unique(np.concatenate([near_onset, near_peak]))
 
 
+def _info_int(run: RunData, key: str, default: int, lo: int) -> int:
+    """An integer setting from run_info, at least `lo`; `default` if unusable."""
+    try:
+        return max(int(run.info.get(key, default)), lo)
+    except (TypeError, ValueError):
+        return default
+
+
 def _detail_span(run: RunData):
     """(steps before, steps after) a flagged step the writer keeps detail."""
-    def get(key, default):
-        try:
-            return max(int(run.info.get(key, default)), 0)
-        except (TypeError, ValueError):
-            return default
-    return get("detail_before", 32), get("detail_after", 8)
+    return _info_int(run, "detail_before", 32, 0), _info_int(run, "detail_after", 8, 0)
 
 
 def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
@@ -199,10 +205,7 @@ def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
     if len(steps) >= 2:
         cols = _columns(steps, onset, peak)
         return steps[cols], rows[cols], "step"
-    try:
-        window = max(int(run.info.get("window", 256)), 1)
-    except (TypeError, ValueError):
-        window = 256
+    window = _info_int(run, "window", 256, 1)
     ws = run.window_steps
     if not len(ws) or run.window.ndim != 4:
         return steps, rows, "step"
@@ -233,11 +236,7 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     rows_idx = i0 + _columns(run.steps[i0:i1], anomaly["step"], anomaly["peak_step"],
                              MAX_GLOBAL_ROWS)
     glob = {name: encode_array(run.glob[rows_idx, GLOBAL[name]]) for name in ANOMALY_GLOBAL}
-    causes = []
-    for c in anomaly["causes"]:
-        c = dict(c)
-        c["title"] = causes_lib.TITLE.get(c["cause"], c["cause"])
-        causes.append(c)
+    causes = [_titled(c) for c in anomaly["causes"]]
     top_layer = causes[0]["layer"] if causes else None
     return encode_json({
         "run": run.name,

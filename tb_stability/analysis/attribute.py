@@ -11,7 +11,7 @@ ranked by confidence; when nothing reaches `MIN_CONFIDENCE` the answer is
 import dataclasses
 import math
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -31,9 +31,10 @@ class Cause:
     lead_steps: Optional[int]
     evidence: List[str]
     fix: str
+    sequel_of: Optional[int] = None  # peak step of the anomaly it follows
 
     def to_json(self):
-        return {
+        out = {
             "cause": self.cause,
             "confidence": round(float(self.confidence), 3),
             "layer": self.layer,
@@ -41,6 +42,9 @@ class Cause:
             "evidence": list(self.evidence),
             "fix": self.fix,
         }
+        if self.sequel_of is not None:
+            out["sequel_of"] = self.sequel_of
+        return out
 
 
 def _cause(cid, confidence, evidence, layer=None, lead=None):
@@ -411,6 +415,16 @@ def adam_epsilon(ctx: Context, a: Anomaly):
                   lead=lead)
 
 
+def grad_jump(grad: np.ndarray, i: int, before: int, window: int) -> Optional[float]:
+    """grad[i] over the median of the finite values in the `window` rows
+    before row `before`; None when either is missing."""
+    past = grad[max(0, before - window):before]
+    past = past[np.isfinite(past)]
+    if not len(past) or not np.isfinite(grad[i]):
+        return None
+    return float(grad[i] / max(float(np.median(past)), 1e-30))
+
+
 def bad_batch(ctx: Context, a: Anomaly):
     if a.kind != "spike" or a.end_step is None:
         return None
@@ -419,12 +433,8 @@ def bad_batch(ctx: Context, a: Anomaly):
         return None
     ip = ctx.idx(a.peak_step)
     g = run.col("grad_norm")
-    before = g[max(0, ip - 32):ip]
-    before = before[np.isfinite(before)]
-    if not len(before) or not np.isfinite(g[ip]):
-        return None
-    ratio = g[ip] / max(np.median(before), 1e-30)
-    if ratio < 10:
+    ratio = grad_jump(g, ip, ip, 32)
+    if ratio is None or ratio < 10:
         return None
     evidence = [f"An isolated spike: up at step {a.step}, recovered at step "
                 f"{a.end_step}; the gradient norm jumped to {_fmt(g[ip])}, "
@@ -561,6 +571,72 @@ def bad_init(ctx: Context, a: Anomaly):
         f"norm is above {_fmt(np.min(g))}, all within "
         f"{_fmt(np.max(g) / np.min(g))}x of each other: the initial weights "
         f"are too large everywhere."])
+
+
+AFTERMATH_STEPS = 64  # an anomaly this soon after another may be its sequel
+
+
+def sequel(ctx: Context, a: Anomaly, causes: List[Cause],
+           earlier: List[Tuple[Anomaly, List[Cause]]]) -> Optional[Cause]:
+    """The cause of the anomaly just before `a`, carried over: `a` began
+    within AFTERMATH_STEPS of its end, and that anomaly's gradient was a
+    shock (>= 100x its median before) that the optimizer's state still
+    holds. Under Adam the shock inflates v, so RMS(g²/v̂) stays low: the
+    opposite of a decayed second moment. None when `causes` (this
+    anomaly's own ranked causes) already explain it at least as well.
+
+    `earlier`: the previous anomalies of the run with their final causes.
+    """
+    if not earlier:
+        return None
+    previous, prev_causes = earlier[-1]
+    if not prev_causes or previous.kind == "plateau":
+        return None
+    since = previous.end_step if previous.end_step is not None else previous.peak_step
+    gap = a.step - since
+    if not 0 <= gap <= AFTERMATH_STEPS:
+        return None
+    # A sequel's sequel goes back to the shock itself.
+    origin = prev_causes[0].sequel_of
+    if origin is not None:
+        previous, prev_causes = next(
+            (e for e in earlier if e[0].peak_step == origin), (previous, prev_causes))
+    prev_top = prev_causes[0]
+    if prev_top.cause == C.UNKNOWN:
+        return None
+    run = ctx.run
+    ip, i0 = ctx.idx(previous.peak_step), ctx.idx(previous.step)
+    shock = grad_jump(run.col("grad_norm"), ip, i0, 64)
+    if shock is None or shock < 100:
+        return None
+    evidence = [f"Began {a.step - previous.peak_step} steps after the "
+                f"{previous.kind} at step {previous.peak_step} (attributed to "
+                f"{prev_top.cause}), whose gradient norm was {_fmt(shock)}x its "
+                f"median before."]
+    # Right after the shock the link is strong; later, less so.
+    confidence = 0.7 if gap <= 8 else 0.6
+    opt = run.optimizer
+    if opt.get("adam"):
+        b1, b2 = opt.get("beta_1", 0.9), opt.get("beta_2", 0.999)
+        evidence.append(
+            f"Adam's moments still carry that gradient: m decays by beta_1={_fmt(b1)} "
+            f"per step and v by beta_2={_fmt(b2)}, so it keeps pushing the weights "
+            f"along it for about {_fmt(1 / max(1 - b1, 1e-6))} steps and shrinks the "
+            f"steps that could repair the damage for about {_fmt(1 / max(1 - b2, 1e-6))}.")
+        all_rms = run.col("rms_ratio_max")
+        rms = all_rms[ip + 1:ctx.idx(a.peak_step) + 1]
+        rms = rms[np.isfinite(rms)]
+        level = rms_precursor_level(all_rms, i0)
+        if len(rms) and np.max(rms) <= level:
+            evidence.append(f"RMS(g²/v̂) stayed within its usual range (max "
+                            f"{_fmt(np.max(rms))}, at most {_fmt(level)}) from then to "
+                            f"the peak: v̂ was inflated, not decayed.")
+            confidence += 0.05
+    if causes and causes[0].confidence >= confidence:
+        return None
+    return Cause(prev_top.cause, confidence, prev_top.layer,
+                 int(a.peak_step - previous.peak_step), evidence, prev_top.fix,
+                 sequel_of=int(previous.peak_step))
 
 
 RULES = (summed_loss, log_zero, nonfinite_gradient, nonfinite_input,

@@ -2,8 +2,12 @@
 
 `RunData.from_tags` takes `{tag: [(step, ndarray), ...]}` in write order,
 from event files (`reader`) or from TensorBoard's data provider (the
-plugin), and returns step-sorted arrays. A step written twice (a run resumed
-from a checkpoint rewinds its step) keeps the value written last.
+plugin), and returns step-sorted arrays. A run resumed from a checkpoint
+rewinds its step: when a series is written again from a step it already
+holds, what was written earlier from that step on is discarded (as
+TensorBoard's data server preempts such records), so the later attempt's
+values win and steps the earlier attempt reached beyond the later one's end
+are not left behind.
 """
 
 import dataclasses
@@ -18,6 +22,21 @@ GLOBAL = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
 STAT = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
 
 
+def _not_rewound(steps, chunk_of, chunk_first):
+    """Mask of the rows no later write rewound.
+
+    Rows come in write chunks (events): `chunk_of[i]` is row i's chunk,
+    `chunk_first[c]` chunk c's first step. A chunk that starts at or before
+    a step already written starts the series again from there, so a row is
+    dropped when any later chunk starts at or before its step.
+    """
+    chunk_first = np.asarray(chunk_first, np.int64)
+    later = np.empty_like(chunk_first)
+    later[-1:] = np.iinfo(np.int64).max
+    later[:-1] = np.minimum.accumulate(chunk_first[::-1])[::-1][1:]
+    return np.asarray(steps, np.int64) < later[chunk_of]
+
+
 def _last_wins(steps, values):
     """Sorts by step; for repeated steps keeps the value written last."""
     steps = np.asarray(steps, np.int64)
@@ -29,6 +48,43 @@ def _last_wins(steps, values):
     uniq, first = np.unique(rev_steps, return_index=True)
     keep = order[::-1][first]
     return uniq, values[keep]
+
+
+def _row_steps(event_step, offsets):
+    """(int64 steps, bool mask of usable rows) of one global event: a row's
+    step is the event's step plus its offset (column 0); a non-finite
+    offset, or one whose step is not an int64, marks a damaged row."""
+    offsets = np.asarray(offsets, np.float64)
+    ok = np.isfinite(offsets) & (np.abs(offsets) <= 2.0 ** 53)
+    off = np.rint(np.where(ok, offsets, 0)).astype(np.int64)
+    with np.errstate(over="ignore"):
+        steps = np.int64(event_step) + off
+    ok &= ~(((off > 0) & (steps < event_step)) | ((off < 0) & (steps > event_step)))
+    return steps, ok
+
+
+def _clean_info(info: Dict) -> Dict:
+    """run_info with the shapes the analysis relies on: `optimizer` a dict,
+    `variables` a list of {"name": str, "shape": [int, ...]} (an entry that
+    is not a dict is named "var<i>", an unusable shape becomes []). A
+    hand-written or damaged run_info must not stop the run being shown."""
+    info = dict(info)
+    if not isinstance(info.get("optimizer", {}), dict):
+        info["optimizer"] = {}
+    raw = info.get("variables", [])
+    variables = []
+    for i, v in enumerate(raw if isinstance(raw, list) else []):
+        v = dict(v) if isinstance(v, dict) else {}
+        if not isinstance(v.get("name"), str):
+            v["name"] = f"var{i}"
+        shape = v.get("shape")
+        if not (isinstance(shape, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            v["shape"] = []
+        variables.append(v)
+    if "variables" in info:
+        info["variables"] = variables
+    return info
 
 
 @dataclasses.dataclass
@@ -91,17 +147,23 @@ class RunData:
 
     @classmethod
     def from_tags(cls, name, tags) -> Optional["RunData"]:
-        """Builds a RunData; None if the run has no global rows."""
+        """Builds a RunData; None if the run has no (usable) global rows."""
         g_steps, g_rows = [], []
         for event_step, table in tags.get(metadata.TAG_GLOBAL, []):
             table = np.asarray(table, np.float64)
             if table.ndim != 2 or table.shape[1] != 1 + len(metadata.GLOBAL_COLUMNS):
                 continue
-            g_steps.append(event_step + np.rint(table[:, 0]).astype(np.int64))
-            g_rows.append(table[:, 1:])
-        if not g_steps:
+            rows_steps, ok = _row_steps(event_step, table[:, 0])
+            g_steps.append(rows_steps[ok])
+            g_rows.append(table[ok, 1:])
+        if not any(len(s) for s in g_steps):  # none, or every row damaged
             return None
-        steps, glob = _last_wins(np.concatenate(g_steps), np.concatenate(g_rows))
+        keep = _not_rewound(
+            np.concatenate(g_steps),
+            np.repeat(np.arange(len(g_steps)), [len(s) for s in g_steps]),
+            [s.min() if len(s) else np.iinfo(np.int64).max for s in g_steps])
+        steps, glob = _last_wins(np.concatenate(g_steps)[keep],
+                                 np.concatenate(g_rows)[keep])
 
         info = {}
         for _, value in tags.get(metadata.TAG_RUN_INFO, []):
@@ -112,26 +174,33 @@ class RunData:
                     info = parsed
             except (ValueError, AttributeError, UnicodeDecodeError):
                 continue
-        variables = [v.get("name", f"var{i}") for i, v in
-                     enumerate(info.get("variables", []))]
+        info = _clean_info(info)
+        variables = [v["name"] for v in info.get("variables", [])]
 
-        def stacked(tag, rank):
+        def stacked(tag, rank, tail=()):
+            # Only the documented rank and trailing axes (anything else was
+            # not written by tb_stability's writer and cannot be indexed).
             items = [(s, np.asarray(v, np.float64)) for s, v in tags.get(tag, [])
-                     if np.ndim(v) == rank]
+                     if np.ndim(v) == rank and np.shape(v)[rank - len(tail):] == tail]
             if items:
                 shape = items[-1][1].shape
                 items = [(s, v) for s, v in items if v.shape == shape]
             if not items:
                 return np.zeros([0], np.int64), np.zeros([0] + [0] * rank)
             s = np.array([s for s, _ in items], np.int64)
-            v = np.stack([v for _, v in items])
-            return _last_wins(s, v)
+            keep = _not_rewound(s, np.arange(len(s)), s)
+            v = np.stack([v for (_, v), k in zip(items, keep) if k])
+            return _last_wins(s[keep], v)
 
-        window_steps, window = stacked(metadata.TAG_LAYERS_WINDOW, 3)
-        detail_steps, detail = stacked(metadata.TAG_LAYERS_DETAIL, 2)
+        stats = len(metadata.STAT_COLUMNS)
+        window_steps, window = stacked(metadata.TAG_LAYERS_WINDOW, 3,
+                                       (stats, len(metadata.WINDOW_AGGREGATES)))
+        detail_steps, detail = stacked(metadata.TAG_LAYERS_DETAIL, 2, (stats,))
         rows_steps, rows = stacked(metadata.TAG_INPUT_GRAD_ROWS, 1)
-        if not variables and detail.ndim == 3 and detail.shape[0]:
-            variables = [f"var{i}" for i in range(detail.shape[1])]
+        if not variables:  # no run_info: name the rows of what was recorded
+            n = detail.shape[1] if detail.ndim == 3 and detail.shape[0] else \
+                window.shape[1] if window.ndim == 4 and window.shape[0] else 0
+            variables = [f"var{i}" for i in range(n)]
         return cls(name=name, steps=steps, glob=glob, window_steps=window_steps,
                    window=window, detail_steps=detail_steps, detail=detail,
                    input_rows_steps=rows_steps, input_rows=rows, info=info,

@@ -1,14 +1,41 @@
-"""Training-step overhead of StabilityCallback at default settings.
+"""Training-step overhead of tb_stability against what users would otherwise use.
 
-Interleaved repetitions in one process: the same MLP trained for the same
-steps without and with the callback; prints median seconds per step and the
-ratio monitored / unmonitored.
+Three reference models on the CPU (or whatever device TensorFlow picks):
 
-    python benchmarks/overhead.py --variables 100 --steps 2000 --reps 3
+* `mlp`: 4 Dense layers, about 0.92M parameters, 8 variables;
+* `cnn`: 4 convolutions and 2 Dense layers on 32x32x3 images, 12 variables;
+* `transformer`: a 3-block Transformer encoder (d_model 64, 4 heads,
+  sequence 64), 52 variables;
+* `dense100` (on request): 50 Dense 64x64 layers, 100 tiny variables, the
+  worst case for per-variable work (every op is dispatch, not arithmetic).
+
+Conditions, each trained from a fresh model in the same process, interleaved
+over repetitions (rep 1: all conditions, rep 2: all conditions, ...), timed
+over one epoch after a warm-up epoch that traces the step:
+
+* `plain`: no callback;
+* `tb_stability`: `StabilityCallback(logdir)` at its defaults;
+* `tb_stability_full`: `StabilityCallback(logdir, full_detail=True)`:
+  every step's per-variable rows written;
+* `keras_tb_hist`: Keras's `TensorBoard(histogram_freq=1)` (weight
+  histograms once per epoch, epoch-level scalars);
+* `keras_tb_batch`: Keras's `TensorBoard(histogram_freq=1, update_freq=1)`,
+  what a user sets to see per-step loss;
+* `debugger_v2`: `tf.debugging.experimental.enable_dump_debug_info(
+  tensor_debug_mode="NO_TENSOR")`, TensorBoard Debugger V2's cheapest mode.
+
+Prints one line per (model, condition): median seconds per step and the
+ratio to `plain`'s median; `--json` also writes them to a file.
+
+    python benchmarks/overhead.py                    # all models, 5 reps
+    python benchmarks/overhead.py --models mlp --reps 3 --steps 200
 """
 
 import argparse
+import json
 import os
+import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -17,54 +44,175 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+CONDITIONS = ("plain", "tb_stability", "tb_stability_full", "keras_tb_hist",
+              "keras_tb_batch", "debugger_v2")
+# (steps per timed epoch, batch size) per model.
+DEFAULTS = {"mlp": (300, 64), "cnn": (100, 32), "transformer": (100, 32),
+            "dense100": (300, 32)}
 
-def build(variables, width):
+
+def build(name):
     import keras
+    from keras import layers
 
-    layers = max(1, variables // 2)
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((width,))] + [
-        keras.layers.Dense(width, activation="tanh") for _ in range(layers - 1)
-    ] + [keras.layers.Dense(1)])
+    if name == "mlp":
+        return keras.Sequential([
+            keras.Input((256,)), layers.Dense(1024, activation="relu"),
+            layers.Dense(512, activation="relu"),
+            layers.Dense(256, activation="relu"), layers.Dense(10),
+        ]), (256,), 10
+    if name == "cnn":
+        return keras.Sequential([
+            keras.Input((32, 32, 3)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(), layers.Flatten(),
+            layers.Dense(128, activation="relu"), layers.Dense(10),
+        ]), (32, 32, 3), 10
+    if name == "transformer":
+        seq, vocab, d, heads = 64, 1000, 64, 4
+        tokens = keras.Input((seq,), dtype="int32")
+        x = layers.Embedding(vocab, d)(tokens)
+        x = x + layers.Embedding(seq, d)(keras.ops.arange(seq))
+        for _ in range(3):
+            a = layers.MultiHeadAttention(heads, d // heads)(x, x)
+            x = layers.LayerNormalization()(x + a)
+            f = layers.Dense(4 * d, activation="gelu")(x)
+            x = layers.LayerNormalization()(x + layers.Dense(d)(f))
+        x = layers.GlobalAveragePooling1D()(x)
+        return keras.Model(tokens, layers.Dense(10)(x)), (seq,), vocab
+    if name == "dense100":
+        return keras.Sequential([keras.Input((64,))] + [
+            layers.Dense(64, activation="tanh") for _ in range(49)
+        ] + [layers.Dense(10)]), (64,), 10
+    raise ValueError(f"unknown model {name!r}")
 
 
-def time_fit(variables, width, steps, batch, monitored, spe):
+def data(name, shape, vocab, n):
+    rng = np.random.default_rng(0)
+    if name == "transformer":
+        x = rng.integers(0, vocab, size=(n,) + shape).astype("int32")
+    else:
+        x = rng.normal(size=(n,) + shape).astype("float32")
+    return x, rng.integers(0, 10, size=(n,)).astype("int32")
+
+
+def callbacks(condition, logdir):
     import keras
     import tb_stability
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(steps * batch, width)).astype("float32")
-    y = (x[:, :1] + 0.3 * rng.normal(size=(steps * batch, 1))).astype("float32")
-    model = build(variables, width)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse",
-                  steps_per_execution=spe)
-    cbs = [tb_stability.keras.StabilityCallback(tempfile.mkdtemp())] if monitored else []
-    # Warm-up epoch (tracing), then the timed epoch.
-    model.fit(x[: 50 * batch * spe], y[: 50 * batch * spe], batch_size=batch,
-              epochs=1, verbose=0, callbacks=cbs)
-    t0 = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=cbs)
-    return (time.perf_counter() - t0) / steps
+    if condition == "tb_stability":
+        return [tb_stability.keras.StabilityCallback(logdir)]
+    if condition == "tb_stability_full":
+        return [tb_stability.keras.StabilityCallback(logdir, full_detail=True)]
+    if condition == "keras_tb_hist":
+        return [keras.callbacks.TensorBoard(logdir, histogram_freq=1)]
+    if condition == "keras_tb_batch":
+        return [keras.callbacks.TensorBoard(logdir, histogram_freq=1,
+                                            update_freq=1)]
+    return []
+
+
+def time_fit(name, condition, steps, batch, warmup):
+    """Seconds per step of one timed epoch of a fresh model."""
+    import keras
+    import tensorflow as tf
+
+    logdir = tempfile.mkdtemp(prefix=f"overhead-{name}-{condition}-")
+    debug = condition == "debugger_v2"
+    if debug:
+        tf.debugging.experimental.enable_dump_debug_info(
+            logdir, tensor_debug_mode="NO_TENSOR")
+    try:
+        model, shape, vocab = build(name)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True))
+        x, y = data(name, shape, vocab, steps * batch)
+        cbs = callbacks(condition, logdir)
+        n = warmup * batch
+        model.fit(x[:n], y[:n], batch_size=batch, epochs=1, verbose=0,
+                  shuffle=False, callbacks=cbs)
+        t0 = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
+                  callbacks=cbs)
+        seconds = (time.perf_counter() - t0) / steps
+    finally:
+        if debug:
+            tf.debugging.experimental.disable_dump_debug_info()
+        keras.backend.clear_session()
+        shutil.rmtree(logdir, ignore_errors=True)
+    return seconds, model.count_params(), len(model.trainable_variables)
+
+
+def environment():
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpus = tf.config.list_physical_devices("GPU")
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": len(gpus),
+        "python": platform.python_version(), "tensorflow": tf.__version__,
+        "keras": keras.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variables", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--models", nargs="+",
+                        default=["mlp", "cnn", "transformer"],
+                        choices=sorted(DEFAULTS))
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS),
+                        choices=CONDITIONS)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed epoch (default per model)")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="steps of the warm-up epoch")
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    print(f"{'vars':>5} {'width':>5} {'plain ms':>9} {'monitored ms':>13} {'ratio':>6}")
-    for v in args.variables:
-        plain, mon = [], []
+    conditions = ["plain"] + [c for c in args.conditions if c != "plain"]
+    env = environment()
+    print("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    results = []
+    print(f"{'model':12} {'params':>8} {'vars':>4} {'condition':18} "
+          f"{'ms/step':>9} {'ratio':>6}")
+    for name in args.models:
+        steps, batch = DEFAULTS[name]
+        steps = args.steps or steps
+        times = {c: [] for c in conditions}
         for _ in range(args.reps):
-            for monitored, out in ((False, plain), (True, mon)):
-                out.append(time_fit(v, args.width, args.steps, args.batch,
-                                    monitored, args.steps_per_execution))
-        p, m = statistics.median(plain), statistics.median(mon)
-        print(f"{v:>5} {args.width:>5} {p * 1e3:>9.3f} {m * 1e3:>13.3f} {m / p:>6.2f}")
+            for c in conditions:
+                seconds, params, variables = time_fit(name, c, steps, batch,
+                                                      args.warmup)
+                times[c].append(seconds)
+        base = statistics.median(times["plain"])
+        for c in conditions:
+            med = statistics.median(times[c])
+            row = {"model": name, "params": params, "variables": variables,
+                   "condition": c, "steps": steps, "batch": batch,
+                   "reps": args.reps, "ms_per_step": med * 1e3,
+                   "ratio": med / base,
+                   "all_ms": [t * 1e3 for t in times[c]]}
+            results.append(row)
+            print(f"{name:12} {params:>8} {variables:>4} {c:18} "
+                  f"{med * 1e3:>9.3f} {med / base:>6.3f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

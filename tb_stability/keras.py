@@ -52,6 +52,16 @@ class _Instrumentation:
         self.capture_reduced = self.lso is None and not getattr(
             self.inner, "gradient_accumulation_steps", None
         )
+        # Keras's own Adam update is alpha * m / (sqrt(v) + eps) with the
+        # moments after the step, so the update is derived from them instead
+        # of copying every weight before the step (one read per variable per
+        # step saved). Not under a loss-scale optimizer (a skipped step moves
+        # nothing) or gradient accumulation (most steps move nothing), nor
+        # for other update rules (Nadam, Lamb, subclasses that override it).
+        self.update_from_moments = self.capture_reduced and (
+            getattr(type(self.inner), "update_step", None)
+            is keras.optimizers.Adam.update_step
+        )
 
     # Installation ----------------------------------------------------------
 
@@ -102,7 +112,10 @@ class _Instrumentation:
                 if trainable_variables is not None
                 else list(self.inner._trainable_variables)
             )
-            weights_before = [tf.convert_to_tensor(v) for v in variables]
+            weights_before = (
+                None if self.update_from_moments
+                else [tf.convert_to_tensor(v) for v in variables]
+            )
             scale = self._take("scale")
             if self.lso is not None and scale is None:
                 raise ValueError("train_step did not call optimizer.scale_loss "
@@ -155,7 +168,8 @@ class _Instrumentation:
             g_list = [None if g is None else tf.cast(g, tf.float32) / scale
                       for g in g_list]
         ordered = rec.order_grads(g_list, v_list)
-        before = rec.order_grads(weights_before, variables)
+        before = (None if weights_before is None
+                  else rec.order_grads(weights_before, variables))
         loss = self._take("loss")
         if loss is None:
             _recorder.warn_once(
@@ -246,17 +260,22 @@ class StabilityCallback(keras.callbacks.Callback):
       first_steps: per-variable detail kept for the first steps (50).
       loss_z, grad_z, rms_threshold: detector thresholds (see FORMAT.md).
       flush_secs: longest time between two writes of a live run (30 s).
+      full_detail: keep every step's per-variable rows instead of only those
+        around flagged steps (more disk, and the median of sqrt(v_hat)/eps
+        every step instead of every 10th), for short runs or when every step
+        must be inspectable.
     """
 
     def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,
                  first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=10.0,
-                 flush_secs=30.0):
+                 flush_secs=30.0, full_detail=False):
         super().__init__()
         self.logdir = str(logdir)
         self._recorder_kwargs = dict(
             window=window, detail_before=detail_before,
             detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
             grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
+            full_detail=full_detail,
         )
         self._inst = None
         self._steps_since_flush = 0

@@ -31,6 +31,14 @@ ANOMALY_STATS = ("grad_norm", "rms_ratio", "eff_step_max", "update_ratio",
 ANOMALY_GLOBAL = ("loss", "grad_norm", "learning_rate", "rms_ratio_max",
                   "update_ratio", "eff_step_max", "nonfinite", "loss_scale")
 MAX_ANOMALY_COLUMNS = 512
+# At most this many variables (rows) are served around an anomaly: those a
+# cause implicates, then those that rose most (see `rank_variables`).
+MAX_ROWS = 256
+# The statistics whose rise ranks the variables of a wide run, and the
+# counts that put a variable in the non-finite tier above them.
+RANK_STATS = ("grad_norm", "update_ratio", "rms_ratio")
+RANK_NONFINITE = ("grad_nonfinite", "weight_nonfinite", "moment_nonfinite")
+RANK_MAX_DECADES = 12.0  # a rise is counted up to 10**12 times its level
 MAX_GLOBAL_ROWS = 4096
 MAX_SKIPPED_LISTED = 10_000
 
@@ -104,7 +112,11 @@ def bucket_starts(steps: np.ndarray, width: int) -> np.ndarray:
         return np.arange(n)
     first, last = int(steps[0]), int(steps[-1])
     span = last - first + 1
-    idx = ((steps - first) * width) // span
+    if span * width < 2 ** 63:
+        idx = ((steps - first) * width) // span
+    else:  # steps too far apart for int64 arithmetic (hand-written steps)
+        idx = np.minimum(np.floor((steps.astype(np.float64) - float(first))
+                                  * (width / span)), width - 1)
     return np.concatenate([[0], np.flatnonzero(np.diff(idx)) + 1])
 
 
@@ -216,18 +228,102 @@ def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
     return ws[lo:hi][cols], run.window[lo:hi, :, :, agg][cols], "window"
 
 
+def rank_variables(steps: np.ndarray, rows: np.ndarray, onset: int) -> np.ndarray:
+    """The variables of an evidence window (`rows`: [steps, vars, stats]),
+    most moved first: a permutation of range(vars).
+
+    First the variables with a non-finite sign in the window (a positive
+    `grad_nonfinite`, `weight_nonfinite` or `moment_nonfinite` count, or an
+    infinite `grad_norm`, `update_ratio` or `rms_ratio`), the earliest to
+    show it first. Then by how far each rose: for each of `RANK_STATS`,
+    log10 of the largest value in the window over the variable's own level
+    before the onset (the median of its columns before `onset`, or of all
+    columns when none is before), the largest of the three (at least 0, at
+    most `RANK_MAX_DECADES`; a statistic not recorded, or whose level is
+    not positive, counts 0). Ties keep the model's order.
+    """
+    k = rows.shape[0] if rows.ndim == 3 else 0
+    n = rows.shape[1] if rows.ndim == 3 else 0
+    index = np.arange(n)
+    if not k or not n:
+        return index
+    before = np.asarray(steps) < onset
+    if not before.any():
+        before[:] = True
+    rise = np.zeros(n)
+    first_nonfinite = np.full(n, k)  # k: never
+    with np.errstate(all="ignore"):
+        for name in RANK_STATS:
+            x = rows[:, :, STAT[name]]
+            first_nonfinite = np.minimum(first_nonfinite, _first_true(np.isinf(x), k))
+            level = _nanmedian0(x[before])
+            # fmax skips NaN (an all-NaN column stays NaN, without a warning)
+            peak = np.fmax.reduce(np.where(np.isfinite(x), x, np.nan), axis=0)
+            decades = np.log10(peak / level)
+            ok = (level > 0) & np.isfinite(level) & ~np.isnan(decades)
+            rise = np.maximum(rise, np.where(
+                ok, np.clip(np.nan_to_num(decades), 0.0, RANK_MAX_DECADES), 0.0))
+        for name in RANK_NONFINITE:
+            first_nonfinite = np.minimum(
+                first_nonfinite, _first_true(rows[:, :, STAT[name]] > 0, k))
+    # np.lexsort: the last key is the primary one.
+    return np.lexsort((index, -rise, first_nonfinite))
+
+
+def _nanmedian0(x: np.ndarray) -> np.ndarray:
+    """np.nanmedian(x, axis=0) (NaN for an all-NaN column), by one sort."""
+    x = np.sort(x, axis=0)  # NaN sort last
+    count = np.sum(~np.isnan(x), axis=0)
+    col = np.arange(x.shape[1])
+    lo = x[np.maximum(count - 1, 0) // 2, col]
+    hi = x[count // 2, col]
+    return np.where(count > 0, (lo + hi) / 2, np.nan)
+
+
+def _first_true(mask: np.ndarray, none: int) -> np.ndarray:
+    """[vars] the first row of `mask` ([steps, vars]) that is True, or `none`."""
+    return np.where(mask.any(axis=0), mask.argmax(axis=0), none)
+
+
+def select_rows(steps: np.ndarray, rows: np.ndarray, onset: int,
+                pinned: List[int], limit: int = None) -> np.ndarray:
+    """Indices of the variables to serve, ascending (the model's order):
+    all of them, or at most `limit` (default MAX_ROWS): those in `pinned`
+    (the implicated ones) and then the most moved (`rank_variables`)."""
+    limit = limit or MAX_ROWS
+    n = rows.shape[1] if rows.ndim == 3 else 0
+    if n <= limit:
+        return np.arange(n)
+    chosen = np.zeros(n, bool)
+    pinned = list(dict.fromkeys(i for i in pinned if 0 <= i < n))[:limit]
+    chosen[pinned] = True
+    order = rank_variables(steps, rows, onset)
+    chosen[order[~chosen[order]][:limit - len(pinned)]] = True
+    return np.flatnonzero(chosen)
+
+
 def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     """The /anomaly payload: the causes and the evidence around it."""
     steps, rows, resolution = evidence_window(
         run, anomaly["step"], anomaly["peak_step"], anomaly["end_step"])
-    variables = list(run.variables)
     n_vars = rows.shape[1] if rows.ndim == 3 else 0
-    variables = (variables + [f"var{i}" for i in range(len(variables), n_vars)])[:n_vars]
+    all_names = list(run.variables[:n_vars])
+    all_names += [f"var{i}" for i in range(len(all_names), n_vars)]
+    causes = [_titled(c) for c in anomaly["causes"]]
+    # The variables the causes implicate (the top cause's first), by name.
+    first_index = {}
+    for i, name in enumerate(all_names):
+        first_index.setdefault(name, i)
+    implicated = [first_index[c["layer"]] for c in causes
+                  if isinstance(c.get("layer"), str) and c["layer"] in first_index]
+    served = select_rows(steps, rows, anomaly["step"], implicated)
+    variables = [all_names[i] for i in served]
+    position = {int(v): j for j, v in enumerate(served)}
     stats = {}
     for name in ANOMALY_STATS:
         if rows.ndim == 3 and len(steps):
-            # layers x steps
-            stats[name] = encode_array(rows[:, :, STAT[name]].T)
+            # variables x steps, only the served rows
+            stats[name] = encode_array(rows[:, served, STAT[name]].T)
     before, after = _detail_span(run)
     lo, hi = anomaly["step"] - before, anomaly["peak_step"] + after
     if len(steps):
@@ -236,30 +332,35 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     rows_idx = i0 + _columns(run.steps[i0:i1], anomaly["step"], anomaly["peak_step"],
                              MAX_GLOBAL_ROWS)
     glob = {name: encode_array(run.glob[rows_idx, GLOBAL[name]]) for name in ANOMALY_GLOBAL}
-    causes = [_titled(c) for c in anomaly["causes"]]
     top_layer = causes[0]["layer"] if causes else None
-    return encode_json({
+    top_index = first_index.get(top_layer) if isinstance(top_layer, str) else None
+    # The matrices and series are encoded already (encode_array): only the
+    # small parts go through encode_json.
+    return {
         "run": run.name,
-        "anomaly": {k: anomaly[k] for k in
-                    ("kind", "step", "peak_step", "end_step", "severity",
-                     "baseline", "peak_value")},
-        "causes": causes,
+        "anomaly": encode_json({k: anomaly[k] for k in
+                                ("kind", "step", "peak_step", "end_step", "severity",
+                                 "baseline", "peak_value")}),
+        "causes": encode_json(causes),
         "evidence": {
             "resolution": resolution,
             "steps": steps.tolist(),
             "variables": variables,
+            "variables_total": n_vars,
+            "variable_index": served.tolist(),
+            "implicated": list(dict.fromkeys(position[i] for i in implicated if i in position)),
             "layers": [layer_of(v) for v in variables],
             "highlight": {
                 "variable": top_layer,
-                "index": variables.index(top_layer) if top_layer in variables else None,
+                "index": position.get(top_index) if top_index is not None else None,
                 "onset_step": anomaly["step"],
                 "peak_step": anomaly["peak_step"],
             },
             "stats": stats,
         },
         "global": {"steps": run.steps[rows_idx].tolist(), "series": glob},
-        "optimizer": run.optimizer,
-    })
+        "optimizer": encode_json(run.optimizer),
+    }
 
 
 def layers(run: RunData) -> Dict:
@@ -268,16 +369,21 @@ def layers(run: RunData) -> Dict:
     out = []
     has_window = run.window.ndim == 4 and len(run.window_steps)
     agg = metadata.WINDOW_AGGREGATES.index("max")
+    maxima_stats = ("grad_norm", "rms_ratio", "update_ratio")
+    if has_window:
+        # [vars, 3] run maxima; fmax skips NaN, so NaN only when none recorded
+        maxima = np.fmax.reduce(
+            run.window[:, :, [STAT[s] for s in maxima_stats], agg], axis=0)
+        maxima = [[None if math.isnan(m) else encode_float(m) for m in row]
+                  for row in maxima.tolist()]
     for i, name in enumerate(run.variables):
         shape = info_vars[i].get("shape") if i < len(info_vars) else None
         size = int(np.prod(shape)) if shape and all(d >= 0 for d in shape) else None
         entry = {"index": i, "name": name, "layer": layer_of(name),
                  "shape": shape, "size": size}
-        if has_window and i < run.window.shape[1]:
-            for stat in ("grad_norm", "rms_ratio", "update_ratio"):
-                col = run.window[:, i, STAT[stat], agg]
-                entry[f"{stat}_max"] = encode_float(np.nanmax(col)) \
-                    if np.any(~np.isnan(col)) else None
+        if has_window and i < len(maxima):
+            for stat, m in zip(maxima_stats, maxima[i]):
+                entry[f"{stat}_max"] = m
         out.append(entry)
     return {"run": run.name, "variables": out,
             "layers": sorted({e["layer"] for e in out})}

@@ -110,6 +110,10 @@ def test_anomaly_route_serves_causes_and_layer_matrices(client):
             matrix = ev["stats"][name]
             assert len(matrix) == 6 and all(len(row) == 41 for row in matrix)
         assert ev["highlight"]["onset_step"] == data["anomaly"]["step"]
+        # Not more than MAX_ROWS variables: all of them, in the model's order.
+        assert ev["variables_total"] == 6 and ev["variable_index"] == list(range(6))
+        assert ev["variables"] == [f"model/layer_{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}"
+                                   for i in range(6)]
         g = data["global"]
         assert g["steps"] == ev["steps"]
         peak = g["steps"].index(SPIKES[1])
@@ -287,3 +291,118 @@ def test_encode_array():
     assert plugin_data.encode_array([[np.nan], [2.0]]) == [["NaN"], [2.0]]
     assert json.dumps(plugin_data.encode_json({"a": (float("nan"),)}),
                       allow_nan=False) == '{"a": ["NaN"]}'
+
+
+# -- the rows served around an anomaly of a wide run (pure NumPy) -------------
+
+def _wide_run(n_vars, steps=100, seed=0):
+    """A RunData with `n_vars` quiet variables (noise around 1) and per-step
+    detail on every step."""
+    from tb_stability import metadata
+    from tb_stability.analysis.series import GLOBAL, STAT, RunData
+
+    rng = np.random.default_rng(seed)
+    glob = np.ones((steps, len(metadata.GLOBAL_COLUMNS)))
+    glob[:, GLOBAL["loss"]] = 0.5
+    detail = np.abs(rng.normal(1, 0.05, (steps, n_vars, len(metadata.STAT_COLUMNS))))
+    for name in ("grad_nonfinite", "weight_nonfinite", "moment_nonfinite"):
+        detail[:, :, STAT[name]] = 0
+    names = [f"m/l{i}/kernel" for i in range(n_vars)]
+    info = {"optimizer": {"name": "Adam", "adam": True, "epsilon": 1e-7},
+            "variables": [{"name": v, "shape": [4, 4]} for v in names],
+            "detail_before": 32, "detail_after": 8}
+    return RunData(name="wide", steps=np.arange(steps), glob=glob,
+                   window_steps=np.zeros([0], np.int64),
+                   window=np.zeros([0, n_vars, len(metadata.STAT_COLUMNS), 2]),
+                   detail_steps=np.arange(steps), detail=detail,
+                   input_rows_steps=np.zeros([0], np.int64), input_rows=np.zeros([0, 0]),
+                   info=info, variables=names)
+
+
+def _anomaly(*layers, step=50, peak=52):
+    return {"kind": "spike", "step": step, "peak_step": peak, "end_step": peak + 3,
+            "severity": 5.0, "baseline": 0.5, "peak_value": 500.0,
+            "causes": [{"cause": "exploding_gradient", "confidence": 0.9 - 0.1 * i,
+                        "layer": layer, "lead_steps": 3, "evidence": ["planted"],
+                        "fix": "planted"} for i, layer in enumerate(layers)]}
+
+
+def test_wide_run_anomaly_serves_the_implicated_and_the_most_moved():
+    import time
+
+    from tb_stability.analysis.series import STAT
+
+    run = _wide_run(10_000)
+    d = run.detail
+    movers = [300, 301, 5000, 9990]
+    d[50:53, movers, STAT["grad_norm"]] *= 1000.0  # the spike, in four variables
+    d[48:, 7000, STAT["update_ratio"]] *= 50.0  # a rise two steps before the onset
+    d[:, 2000, STAT["grad_norm"]] *= 1e6  # large, but no larger than its own level
+    d[51:, 8000, STAT["grad_nonfinite"]] = 3  # non-finite gradient entries
+    d[52, 8001, STAT["rms_ratio"]] = np.inf
+    d[50:, 4000, STAT["grad_norm"]] = 1e-6  # a drop is not a rise
+    d[:, 6000, STAT["update_ratio"]] = np.nan  # not recorded: counts 0
+    d[20:, 6000, STAT["grad_norm"]] = np.nan
+    implicated = ["m/l9876/kernel", "m/l42/kernel"]  # quiet, and far from the first 256
+    t0 = time.monotonic()
+    payload = plugin_data.anomaly_detail(run, _anomaly(*implicated))
+    elapsed = time.monotonic() - t0
+    body = json.dumps(payload, allow_nan=False)
+    assert len(body) < 20e6 and elapsed < 10
+    ev = payload["evidence"]
+    index = ev["variable_index"]
+    assert ev["variables_total"] == 10_000 and len(index) == plugin_data.MAX_ROWS == 256
+    assert index == sorted(set(index))  # the model's order
+    assert ev["variables"] == [run.variables[i] for i in index]
+    assert ev["layers"] == [plugin_data.layer_of(v) for v in ev["variables"]]
+    hl = ev["highlight"]
+    assert hl["variable"] == implicated[0] and ev["variables"][hl["index"]] == implicated[0]
+    assert [ev["variables"][i] for i in ev["implicated"]] == implicated
+    assert {9876, 42, 8000, 8001, 7000, *movers} <= set(index)
+    assert 4000 not in index and 6000 not in index and 2000 not in index
+    assert ev["steps"] == list(range(50 - 32, 52 + 9))
+    for name in plugin_data.ANOMALY_STATS:
+        matrix = ev["stats"][name]
+        assert len(matrix) == 256 and all(len(row) == len(ev["steps"]) for row in matrix)
+    row = index.index(5000)
+    assert ev["stats"]["grad_norm"][row] == plugin_data.encode_array(
+        d[18:61, 5000, STAT["grad_norm"]])
+    assert ev["stats"]["rms_ratio"][index.index(8001)][52 - 18] == "Infinity"
+    assert plugin_data.anomaly_detail(run, _anomaly(*implicated)) == payload  # deterministic
+
+
+def test_rank_variables_order():
+    from tb_stability.analysis.series import STAT
+
+    run = _wide_run(8, steps=20)
+    d = run.detail
+    d[:, :, :] = 1.0
+    for name in plugin_data.RANK_NONFINITE:
+        d[:, :, STAT[name]] = 0
+    d[10:, 3, STAT["grad_norm"]] = 100.0  # rose two decades
+    d[10:, 5, STAT["rms_ratio"]] = 10.0  # one decade
+    d[12:, 6, STAT["grad_nonfinite"]] = 1.0  # non-finite from step 12
+    d[11, 1, STAT["update_ratio"]] = np.inf  # from step 11: first
+    d[10:, 2, STAT["grad_norm"]] = 0.0  # a drop
+    d[:, 7, STAT["grad_norm"]] = np.nan  # never recorded
+    order = plugin_data.rank_variables(run.detail_steps, d, 10)
+    assert order.tolist() == [1, 6, 3, 5, 0, 2, 4, 7]
+    # No column before the onset: the whole window is the level.
+    assert plugin_data.rank_variables(run.detail_steps, d, 0)[:2].tolist() == [1, 6]
+    assert plugin_data.rank_variables(run.detail_steps[:0], d[:0], 10).tolist() == \
+        list(range(8))
+
+
+def test_runs_up_to_max_rows_are_served_whole(monkeypatch):
+    run = _wide_run(plugin_data.MAX_ROWS)
+    ev = plugin_data.anomaly_detail(run, _anomaly("m/l200/kernel"))["evidence"]
+    assert ev["variables"] == run.variables and ev["variables_total"] == plugin_data.MAX_ROWS
+    assert ev["variable_index"] == list(range(plugin_data.MAX_ROWS))
+    assert ev["highlight"]["index"] == 200 and ev["implicated"] == [200]
+    # One more variable than the cap: capped, the implicated one kept.
+    monkeypatch.setattr(plugin_data, "MAX_ROWS", 4)
+    run.detail[50:, 7, 0] *= 10.0  # grad_norm (column 0) of m/l7/kernel rose
+    ev = plugin_data.anomaly_detail(run, _anomaly("m/l200/kernel"))["evidence"]
+    assert ev["variables_total"] == 256 and len(ev["variables"]) == 4
+    assert 7 in ev["variable_index"] and 200 in ev["variable_index"]
+    assert ev["variables"][ev["highlight"]["index"]] == "m/l200/kernel"

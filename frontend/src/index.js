@@ -13,8 +13,9 @@
 import {api} from './api.js';
 import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
-  decodeTimeline, findAnomaly, formatNumber, formatPercent, formatStep, mergeTimelines,
-  needsZoomFetch, requestWidth, shapePath, stepAnomaly, timelineUrl, zoomSteps, zoomWidth,
+  decodeTimeline, evidenceRowsNote, findAnomaly, formatNumber, formatPercent, formatStep,
+  highlightRow, mergeTimelines, needsZoomFetch, requestWidth, shapePath, stepAnomaly,
+  timelineUrl, variableIndex, zoomSteps, zoomWidth,
 } from './model.js';
 import {AdamChartView} from './views/adamChart.js';
 import {causeCard, causeLegend} from './views/causeCard.js';
@@ -488,12 +489,14 @@ class App {
     if (!available.includes(stat)) stat = top.cause === 'adam_epsilon' && available.includes('rms_ratio') ? 'rms_ratio' : available[0];
     const matrix = decodeMatrix(stats[stat]);
     const highlight = ev.highlight || null;
+    const hlRow = highlightRow(ev);  // a row of the served ones (a wide run's are capped)
     let varIndex = this.adamVariable;
     if (!(varIndex >= 0 && varIndex < variables.length)) {
-      varIndex = highlight && Number.isInteger(highlight.index) ? highlight.index : argmaxRow(matrix);
+      varIndex = hlRow >= 0 ? hlRow : argmaxRow(matrix);
     }
-    this.heatmap.setData({steps, variables, matrix, stat, norm: this.heatNorm, highlight, selectedVariable: varIndex,
-      resolution: ev.resolution, available});
+    this.heatmap.setData({steps, variables, matrix, stat, norm: this.heatNorm, highlight, highlightRow: hlRow,
+      selectedVariable: varIndex, resolution: ev.resolution, available,
+      variableIndex: variables.map((_, i) => variableIndex(ev, i)), rowsNote: evidenceRowsNote(ev)});
     this.adamBox.hidden = false;
     const g = detail.global || {};
     this.adam.setData({steps, variable: variables[varIndex], index: varIndex, stats, optimizer, highlight,

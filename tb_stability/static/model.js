@@ -403,6 +403,41 @@ export function visibleBuckets(data, lo, hi) {
 
 // ---------------------------------------------------------------- heatmap
 
+/** The served row (index into evidence.variables) of the variable the top
+ * cause implicates, or -1 (none, or an index outside the served rows). */
+export function highlightRow(ev) {
+  const n = ev && Array.isArray(ev.variables) ? ev.variables.length : 0;
+  const i = ev && ev.highlight ? ev.highlight.index : null;
+  return Number.isInteger(i) && i >= 0 && i < n ? i : -1;
+}
+
+/** The original index (in the run's variable order) of served row `row`:
+ * evidence.variable_index[row], or `row` itself when not given. */
+export function variableIndex(ev, row) {
+  const idx = ev && Array.isArray(ev.variable_index) ? ev.variable_index[row] : undefined;
+  return Number.isInteger(idx) ? idx : row;
+}
+
+/** The note of a heatmap whose rows the backend capped (at most 256 of a
+ * wide run's variables): "showing 256 of 10,000 variables (the implicated
+ * one and the 255 that moved most)"; null when every variable is served. */
+export function evidenceRowsNote(ev) {
+  const shown = ev && Array.isArray(ev.variables) ? ev.variables.length : 0;
+  const total = ev && Number.isInteger(ev.variables_total) ? ev.variables_total : shown;
+  if (!(total > shown)) return null;
+  const rows = new Set((ev && Array.isArray(ev.implicated) ? ev.implicated : [])
+    .filter((i) => Number.isInteger(i) && i >= 0 && i < shown));
+  const implicated = rows.size, moved = shown - implicated;
+  const parts = [];
+  if (implicated === 1) parts.push('the implicated one');
+  else if (implicated > 1) parts.push(`the ${formatStep(implicated)} implicated`);
+  if (moved === 1) parts.push('the one that moved most');
+  else if (moved > 1) parts.push(`the ${formatStep(moved)} that moved most`);
+  const why = parts.length ? ` (${parts.join(' and ')})` : '';
+  return `showing ${formatStep(shown)} of ${formatStep(total)} variables${why}`;
+}
+
+
 /** Normalises a variables x steps matrix for colouring, on a log10 scale.
  * mode 'global': one range over the matrix; 'row': each row over its own
  * range (shows when each layer moved, whatever its magnitude).

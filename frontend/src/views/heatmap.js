@@ -3,9 +3,12 @@
 //
 //   .heatmap[data-testid=heatmap]
 //     .hm-head      title, statistic and normalisation selectors
+//     .hm-note      "showing 256 of 10,000 variables (...)" when the backend
+//                   capped the rows (data-testid=heatmap-rows-note)
 //     .hm-body
-//       .hm-labels  div.hm-label[data-testid=heatmap-row] per variable
-//                   (the implicated one: data-highlight="true" aria-current)
+//       .hm-labels  div.hm-label[data-testid=heatmap-row] per served variable
+//                   (data-index: its row, data-variable-index: its index in
+//                   the run; the implicated one: data-highlight="true" aria-current)
 //       .hm-plot    canvas, step axis, tooltip
 //     .hm-scale     colour bar
 
@@ -38,8 +41,13 @@ export class HeatmapView {
   /**
    * @param {{steps: !Array<number>, variables: !Array<string>,
    *          matrix: !Array<!Array<?number>>, stat: string, norm: string,
-   *          highlight: ?Object, selectedVariable: number,
-   *          resolution: string, available: !Array<string>}} d
+   *          highlight: ?Object, highlightRow: (number|undefined),
+   *          selectedVariable: number, resolution: string,
+   *          available: !Array<string>, variableIndex: (!Array<number>|undefined),
+   *          rowsNote: ?string}} d
+   * highlightRow: the served row to mark (default highlight.index);
+   * variableIndex[i]: row i's index in the run (default i); rowsNote: shown
+   * (as text) when only some of the run's variables are served.
    */
   setData(d) {
     this.d = d;
@@ -62,8 +70,12 @@ export class HeatmapView {
       el('span', {class: 'chart-sub'}, d.resolution === 'window'
         ? 'per-window maxima (no per-step detail kept here)' : 'per step'),
       prefix ? el('span', {class: 'chart-sub prefix', title: prefix}, `in ${middleEllipsis(prefix, 40)}`) : null));
+    if (d.rowsNote) {
+      c.appendChild(el('div', {class: 'hm-note chart-sub', 'data-testid': 'heatmap-rows-note'}, d.rowsNote));
+    }
 
-    const hl = d.highlight && Number.isInteger(d.highlight.index) ? d.highlight.index : -1;
+    const hl = Number.isInteger(d.highlightRow) ? d.highlightRow
+      : d.highlight && Number.isInteger(d.highlight.index) ? d.highlight.index : -1;
     this.highlightIndex = hl;
     const LABEL_W = this.labelW = Math.max(110, Math.min(MAX_LABEL_W, Math.round((c.clientWidth || 600) * 0.3)));
     const labels = el('div', {class: 'hm-labels', style: {width: LABEL_W + 'px'}});
@@ -72,6 +84,7 @@ export class HeatmapView {
       const node = el('div', {
         class: 'hm-label' + (i === hl ? ' highlight' : '') + (i === d.selectedVariable ? ' selected' : ''),
         'data-testid': 'heatmap-row', 'data-variable': name, 'data-index': i,
+        'data-variable-index': d.variableIndex && Number.isInteger(d.variableIndex[i]) ? d.variableIndex[i] : i,
         'data-highlight': i === hl ? 'true' : 'false', 'aria-current': i === hl ? 'true' : null,
         title: name, style: {height: ROW_H + 'px', lineHeight: ROW_H + 'px'}, onclick: () => this.handlers.onVariable(i),
       }, middleEllipsis(short, Math.floor(LABEL_W / 6.8)));

@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 from tb_stability import _stats
 from tb_stability import metadata
@@ -38,12 +37,7 @@ _LN10 = math.log(10.0)
 _LN100 = math.log(100.0)
 
 
-def in_xla_context():
-    """Whether the code being traced will be compiled by XLA."""
-    if tf.executing_eagerly():
-        return False
-    graph = tf.compat.v1.get_default_graph()
-    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+in_xla_context = _stats.in_xla_context
 
 
 def _replica_count():
@@ -51,6 +45,25 @@ def _replica_count():
     if ctx is None:
         return 0  # cross-replica context
     return ctx.num_replicas_in_sync
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run: True unless a multi-worker
+    strategy says this task is not the chief (the "chief" task, or worker 0
+    when the cluster has no chief, as Keras and TensorFlow decide it)."""
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if resolver is None or task_type in (None, "chief"):
+        return True
+    if task_type == "worker":
+        try:
+            has_chief = "chief" in resolver.cluster_spec().as_dict()
+        except Exception:  # pylint: disable=broad-except
+            has_chief = False
+        return not has_chief and int(getattr(resolver, "task_id", 0) or 0) == 0
+    return False  # evaluator, parameter server
 
 
 class _WarnOnce:
@@ -73,8 +86,8 @@ class Recorder:
     """Records stability evidence for one optimizer and variable list.
 
     Arguments:
-      logdir: directory of the run's event file; None to write nothing (a
-        non-chief worker).
+      logdir: directory of the run's event file; None to write nothing.
+        Under a multi-worker strategy only the chief writes (`is_chief`).
       optimizer: the Keras optimizer (possibly a `LossScaleOptimizer`).
       variables: the trainable variables, in a fixed order.
       window: steps per written window (global rows and per-variable
@@ -90,9 +103,10 @@ class Recorder:
       rms_threshold: detector threshold on RMS(g^2/v_hat), crossed on two
         consecutive steps.
       median_every: steps between two medians of sqrt(v_hat)/eps.
-      full_detail: keep every step's per-variable rows (and compute the
-        median every step), not only those around flagged steps: about
-        `variables * 44` more bytes per step on disk.
+      full_detail: keep every step's per-variable rows, not only those
+        around flagged steps (about `variables * 44` more bytes per step on
+        disk), computed over every entry of every tensor (not on a sample
+        of large tensors), with the median every step.
       initial_step: the step of the first row when steps are not given.
       flush_secs: a partial window is written when this many seconds passed
         since the last write, so a live run shows up in TensorBoard.
@@ -120,6 +134,11 @@ class Recorder:
     ):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        if logdir is not None and not is_chief():
+            # Every worker computes the statistics (the all-reduces need all
+            # of them); only the chief writes.
+            logger.info("tb_stability: not the chief worker; writing nothing")
+            logdir = None
         self.logdir = logdir
         self.adapter = OptimizerAdapter(optimizer)
         self.variables = list(variables)
@@ -136,7 +155,9 @@ class Recorder:
         self.flush_secs = float(flush_secs)
         self.input_features = input_features
         self.capacity = 2 * (self.window + max(1, int(steps_per_call))) + 64
-        self._vstats = _stats.VariableStats(self.adapter, self.variables)
+        self._vstats = _stats.VariableStats(
+            self.adapter, self.variables,
+            sample_size=0 if self.full_detail else None)
         self._var_index = {}
         for i, v in enumerate(self.variables):
             self._var_index[id(v)] = i
@@ -212,6 +233,17 @@ class Recorder:
             )
 
     # In-graph --------------------------------------------------------------
+
+    def snapshot(self, variables):
+        """The weights before an update, as `push(weights_before=)` wants
+        them (only the sampled entries of large tensors), in the order of
+        `variables`; reorder with `order_grads`."""
+        out = []
+        for var in variables:
+            i = self._var_index.get(id(var))
+            value = tf.convert_to_tensor(var)
+            out.append(value if i is None else self._vstats.sample(i, value))
+        return out
 
     def order_grads(self, grads, variables):
         """Reorders (grads, variables) into this recorder's variable order."""

@@ -112,9 +112,11 @@ class _Instrumentation:
                 if trainable_variables is not None
                 else list(self.inner._trainable_variables)
             )
+            if self.recorder is None:
+                self.recorder = _make_recorder(self, variables)
             weights_before = (
                 None if self.update_from_moments
-                else [tf.convert_to_tensor(v) for v in variables]
+                else self.recorder.snapshot(variables)
             )
             scale = self._take("scale")
             if self.lso is not None and scale is None:

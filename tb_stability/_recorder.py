@@ -179,6 +179,7 @@ class Recorder:
         self._inp_win = None
         self._last_write = time.monotonic()
         self._info_written = False
+        self._resume_checked = False
         self._broken = False
         if self.adapter.is_adam is False:
             warn_once(
@@ -532,6 +533,9 @@ class Recorder:
                 self._flag_rows.append(r)
         # Window aggregates over the new rows.
         new_layers = layers_all[idx]
+        if not self._resume_checked:
+            self._resume_checked = True
+            self._win_rows.extend(self._rows_before_resume(int(steps[0])))
         self._accumulate(steps, glob, new_layers,
                          None if inputs_all is None else inputs_all[idx])
         # Detail rows: ascending, each written once, only while in the ring.
@@ -563,6 +567,38 @@ class Recorder:
                 if inputs_all is not None:
                     summary.inputs_detail(None, inputs_all[i], step=step)
                 self._detail_written = r
+
+    def _rows_before_resume(self, first_step):
+        """(step, row) the run's earlier attempt wrote before `first_step`
+        in the same window event, when this recorder resumes a run (its first
+        step is one the logdir already has).
+
+        TensorBoard's data server drops a whole earlier event once an event
+        with a lower step arrives (a restart): the window event that holds
+        the resume step would take its rows before that step with it. They
+        are written again, at the head of this recorder's first window;
+        readers keep the later copy of each step.
+        """
+        if first_step <= 0 or self.logdir is None:
+            return []
+        try:
+            from tb_stability.analysis import reader  # pure NumPy, lazy
+
+            events = reader.read_tags(self.logdir).get(metadata.TAG_GLOBAL, [])
+        except Exception as e:  # pylint: disable=broad-except
+            logger.warning("tb_stability: could not read the earlier attempt "
+                           "of this run: %s: %s", type(e).__name__, e)
+            return []
+        for event_step, table in reversed(events):  # the last written wins
+            if event_step < first_step or table.ndim != 2 or not len(table):
+                continue
+            steps = event_step + table[:, 0].astype(np.int64)
+            if steps[0] >= first_step:
+                continue
+            keep = steps < first_step
+            rows = table[keep, 1:].astype(np.float32)
+            return [(int(st), row) for st, row in zip(steps[keep], rows)]
+        return []
 
     def _accumulate(self, steps, glob, layers, inputs):
         for k in range(len(steps)):

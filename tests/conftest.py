@@ -107,6 +107,49 @@ def tensorboard_app(logdir):
     return app, ingester
 
 
+def free_ports(n=1):
+    """n localhost TCP ports free at the time of the call."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def start_tensorboard(logdir, port, *flags, **popen_kwargs):
+    """A real `tensorboard` process (the CLI installed next to this Python,
+    so the plugin's entry point is the one under test) on 127.0.0.1:port."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
+    assert exe, "tensorboard CLI not installed next to this Python"
+    return subprocess.Popen(
+        [exe, "--logdir", str(logdir), "--host", "127.0.0.1", "--port",
+         str(port), *flags], **popen_kwargs)
+
+
+def stop_process(proc, timeout=20):
+    """Terminates `proc` (killed if it does not exit within `timeout` s);
+    returns what it wrote to a stdout pipe, or "" if it had none."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
 def reload_logdir(ingester):
     ingester._multiplexer.Reload()  # pylint: disable=protected-access
 

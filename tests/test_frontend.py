@@ -11,14 +11,14 @@ TB_STABILITY_REQUIRE_BROWSER=1 (scripts/test.sh sets it), where they fail.
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_ports, start_tensorboard, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTEND = REPO / "frontend"
@@ -106,12 +106,6 @@ def test_js_unit_tests():
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url):
     with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
@@ -142,16 +136,13 @@ def test_browser(browser_logdir):
     _need("chromium (apt-get install -y chromium)", chromium)
     _need("frontend/node_modules (npm ci --prefix frontend)",
           (FRONTEND / "node_modules" / "playwright-core").is_dir())
-    exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
-    assert exe, "tensorboard CLI not installed next to this Python"
     logdir, runs = browser_logdir
-    port = _free_port()
+    port, = free_ports()
     tb_log = ARTIFACTS / "tensorboard.log"
     ARTIFACTS.mkdir(exist_ok=True)
     with open(tb_log, "w") as log:
-        proc = subprocess.Popen(
-            [exe, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT)
+        proc = start_tensorboard(logdir, port, stdout=log,
+                                 stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180
@@ -183,8 +174,4 @@ def test_browser(browser_logdir):
         assert result.returncode == 0, output[-8000:]
         assert bench, "the 1M-step benchmark printed nothing"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)

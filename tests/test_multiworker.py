@@ -6,28 +6,17 @@ the same data."""
 
 import glob
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import G, global_table, read_run
+from conftest import G, free_ports, global_table, read_run
 from tb_stability.analysis import report
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "multiworker_run.py")
 SPIKE = 400
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _start(logdir, task, ports, out):
@@ -54,7 +43,7 @@ def _wait(proc, timeout=240):
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multiworker")
     logs = tmp / "logs"
-    ports = _free_ports(2)
+    ports = free_ports(2)
     workers = [_start(str(logs / "multi"), i, ports, str(tmp / f"w{i}.npz"))
                for i in range(2)]
     single = _start(str(logs / "single"), -1, [0], str(tmp / "single.npz"))

@@ -19,9 +19,7 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -32,7 +30,8 @@ import keras
 from werkzeug import test as wtest
 
 import tb_stability
-from conftest import no_bare_nan, tensorboard_app
+from conftest import (free_ports, no_bare_nan, start_tensorboard, stop_process,
+                      tensorboard_app)
 from tb_stability import analysis
 from tb_stability.analysis import reader
 from tb_stability.analysis.series import RunData
@@ -257,12 +256,6 @@ def test_runs_route_last_step(resumed, request):
     assert json.loads(body)["runs"][0]["last_step"] == resumed["end"] - 1
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http_json(url):
     with urllib.request.urlopen(url, timeout=30) as r:
         assert r.status == 200
@@ -278,13 +271,10 @@ def test_real_tensorboard_later_data_wins(resumed):
     writes those rows again at the head of its first window (the "short"
     resume is that case)."""
     logdir, end = resumed["logdir"], resumed["end"]
-    exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
-    assert exe, "tensorboard CLI not installed next to this Python"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port),
-         "--reload_interval", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, = free_ports()
+    proc = start_tensorboard(logdir, port, "--reload_interval", "1",
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     plugin = f"http://127.0.0.1:{port}/data/plugin/tb_stability"
     try:
         deadline, runs = time.time() + 90, None
@@ -306,10 +296,5 @@ def test_real_tensorboard_later_data_wins(resumed):
                                    resumed["expected"], rtol=1e-6)
         _check_anomalies(timeline["anomalies"], end)
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop_process(proc)
     assert "Traceback" not in out, out[-3000:]

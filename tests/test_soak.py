@@ -32,8 +32,6 @@ go to test-artifacts/soak.csv.
 import csv
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from conftest import free_ports, start_tensorboard, stop_process
 
 SOAK_SECONDS = float(os.environ.get("TB_STABILITY_SOAK_SECONDS", "150"))
 POLL_SECONDS = 0.75
@@ -116,12 +116,6 @@ _TRAINER = textwrap.dedent('''
 ''')
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_kb(pid):
     """VmRSS of a live process in kB, None once it is gone."""
     if pid is None:
@@ -165,13 +159,7 @@ def _fetch(url):
 
 def _stop(proc, log):
     """Stops a process (if running); returns its output so far."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
     log.flush()
     log.seek(0)
     return log.read()
@@ -247,17 +235,13 @@ def test_soak_live_run_served_with_bounded_memory(tmp_path):
     repo = os.path.dirname(ARTIFACTS)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
-    assert exe, "tensorboard CLI not installed next to this Python"
 
     # Output to files: a pipe nobody reads could fill and stall a process.
     tb_log = open(tmp_path / "tensorboard.log", "w+")
     trainer_log = open(tmp_path / "trainer.log", "w+")
-    port = _free_port()
-    tb = subprocess.Popen(
-        [exe, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
-         "--reload_interval", "1"],
-        stdout=tb_log, stderr=subprocess.STDOUT, env=env)
+    port, = free_ports()
+    tb = start_tensorboard(logdir, port, "--reload_interval", "1",
+                           stdout=tb_log, stderr=subprocess.STDOUT, env=env)
     trainer = subprocess.Popen(
         [sys.executable, str(script), str(run_dir), str(SOAK_SECONDS), progress],
         stdout=trainer_log, stderr=subprocess.STDOUT, env=env, cwd=repo)

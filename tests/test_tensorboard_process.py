@@ -3,11 +3,7 @@ default (Rust) data server and on the Python one, and a planted one-step
 spike in a 5,000-step Keras run comes back at its exact step."""
 
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,13 +12,8 @@ import numpy as np
 
 import pytest
 
+from conftest import free_ports, start_tensorboard, stop_process
 from demo import main as demo
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url, timeout=60):
@@ -49,14 +40,10 @@ def demo_logdir(tmp_path_factory):
 
 @pytest.mark.parametrize("load_fast", ["auto", "false"])
 def test_tensorboard_serves_plugin(demo_logdir, load_fast):
-    exe = shutil.which("tensorboard", path=os.path.dirname(sys.executable))
-    assert exe, "tensorboard CLI not installed next to this Python"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--logdir", demo_logdir, "--host", "127.0.0.1", "--port",
-         str(port), f"--load_fast={load_fast}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    port, = free_ports()
+    proc = start_tensorboard(demo_logdir, port, f"--load_fast={load_fast}",
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         status, body = _get(base + "/data/plugins_listing")
@@ -101,10 +88,5 @@ def test_tensorboard_serves_plugin(demo_logdir, load_fast):
                 urllib.request.urlopen(plugin + path, timeout=10)
             assert err.value.code in (400, 404)
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = stop_process(proc)
     assert "Traceback" not in out, out[-3000:]

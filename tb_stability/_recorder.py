@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 from tb_stability import _stats
 from tb_stability import metadata
@@ -37,7 +38,12 @@ _LN10 = math.log(10.0)
 _LN100 = math.log(100.0)
 
 
-in_xla_context = _stats.in_xla_context
+def in_xla_context():
+    """Whether the code being traced will be compiled by XLA."""
+    if tf.executing_eagerly():
+        return False
+    graph = tf.compat.v1.get_default_graph()
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
 def _replica_count():

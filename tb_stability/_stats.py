@@ -8,7 +8,6 @@ into one `[variables, stats]` float32 matrix whose columns are
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 from tb_stability import metadata
 
@@ -25,14 +24,6 @@ RMS_MIN_SIZE = 32
 SAMPLE_SIZE = 8192
 # The first kernel's gradient row norms are kept up to this many rows.
 MAX_INPUT_ROWS = 4096
-
-
-def in_xla_context():
-    """Whether the code being traced will be compiled by XLA."""
-    if tf.executing_eagerly():
-        return False
-    graph = tf.compat.v1.get_default_graph()
-    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
 def _f32(x):

@@ -151,9 +151,7 @@ class _Instrumentation:
         )
 
     def _record(self, grads, variables, weights_before, scale):
-        if self.recorder is None:
-            self.recorder = _make_recorder(self, variables)
-        rec = self.recorder
+        rec = self.recorder  # made by _apply before the update
         replicas = _recorder._replica_count()
         ctx = tf.distribute.get_replica_context()
         reduced = getattr(self._captured, "reduced", None)

@@ -261,9 +261,10 @@ class StabilityCallback(keras.callbacks.Callback):
       loss_z, grad_z, rms_threshold: detector thresholds (see FORMAT.md).
       flush_secs: longest time between two writes of a live run (30 s).
       full_detail: keep every step's per-variable rows instead of only those
-        around flagged steps (more disk, and the median of sqrt(v_hat)/eps
-        every step instead of every 10th), for short runs or when every step
-        must be inspectable.
+        around flagged steps, computed over every entry of every tensor (not
+        a sample of the large ones), with the median of sqrt(v_hat)/eps every
+        step instead of every 10th: more disk and a slower step, for short
+        runs or when every step must be inspectable.
     """
 
     def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,

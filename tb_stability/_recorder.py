@@ -17,6 +17,7 @@ The format written is described in FORMAT.md.
 
 import logging
 import math
+import threading
 import time
 
 import numpy as np
@@ -36,6 +37,10 @@ _LOG_FLOOR = 1e-38
 _LN2 = math.log(2.0)
 _LN10 = math.log(10.0)
 _LN100 = math.log(100.0)
+_LN1_5 = math.log(1.5)
+# Standard deviations above its running mean that make a step's loss or
+# gradient norm a precursor: it and the next steps are computed in full.
+PRECURSOR_Z = 3.0
 
 
 def in_xla_context():
@@ -108,11 +113,20 @@ class Recorder:
         and a gradient-norm outlier.
       rms_threshold: detector threshold on RMS(g^2/v_hat), crossed on two
         consecutive steps.
-      median_every: steps between two medians of sqrt(v_hat)/eps.
+      stats_every: steps between two computations of the per-variable
+        statistics other than the gradient norms (weights, update ratios,
+        Adam's moments); the steps between have NaN there. Every step is
+        computed anyway during the first steps, from a step whose loss or
+        gradient norm leaves its usual range (3 running standard deviations)
+        or that the detector flags until `detail_after` steps after it, and
+        on steps with a non-finite loss or gradient. 1 computes every step.
+      median_every: steps between two medians of sqrt(v_hat)/eps (rounded
+        up to a multiple of `stats_every`; also on every step computed
+        because of an anomaly).
       full_detail: keep every step's per-variable rows, not only those
         around flagged steps (about `variables * 44` more bytes per step on
-        disk), computed over every entry of every tensor (not on a sample
-        of large tensors), with the median every step.
+        disk), computed every step over every entry of every tensor (not on
+        a sample of large tensors), with the median every step.
       initial_step: the step of the first row when steps are not given.
       flush_secs: a partial window is written when this many seconds passed
         since the last write, so a live run shows up in TensorBoard.
@@ -133,6 +147,7 @@ class Recorder:
         loss_z=6.0,
         grad_z=6.0,
         rms_threshold=10.0,
+        stats_every=8,
         median_every=10,
         full_detail=False,
         initial_step=0,
@@ -157,7 +172,10 @@ class Recorder:
         self.grad_z = float(grad_z)
         self.rms_threshold = float(rms_threshold)
         self.full_detail = bool(full_detail)
-        self.median_every = 1 if self.full_detail else max(1, int(median_every))
+        self.stats_every = 1 if self.full_detail else max(1, int(stats_every))
+        every = max(1, int(median_every))
+        self.median_every = 1 if self.full_detail else (
+            -(-every // self.stats_every) * self.stats_every)
         self.flush_secs = float(flush_secs)
         self.input_features = input_features
         self.capacity = 2 * (self.window + max(1, int(steps_per_call))) + 64
@@ -187,6 +205,8 @@ class Recorder:
         self._info_written = False
         self._resume_checked = False
         self._broken = False
+        # flush() may be called from Keras's callback threads.
+        self._flush_lock = threading.Lock()
         if self.adapter.is_adam is False:
             warn_once(
                 ("no-adam", self.adapter.name),
@@ -222,6 +242,8 @@ class Recorder:
             self._median = self._variable(
                 tf.fill([V], float("nan")), tf.float32
             )
+            # Rows (counts) before which every step is computed in full.
+            self._full_until = self._variable(0, tf.int64)
             # loss_mu, loss_var, grad_mu, grad_var, n (log space EMAs),
             # previous rms_ratio_max, lowest loss_mu seen, above-rise state
             self._detector = self._variable(
@@ -287,27 +309,62 @@ class Recorder:
         """
         count = self._count.read_value()
         first = count < self.first_steps
-        with_median = tf.logical_or(
-            tf.equal(count % self.median_every, 0), first
-        )
-        stats, input_rows, medians = self._vstats.compute(
-            grads,
-            weights_before=weights_before,
-            with_median=with_median,
-            median_carry=self._median.read_value(),
-        )
-        glob = _stats.global_from_stats(stats, self._vstats.rms_mask)
         loss = tf.reshape(tf.cast(loss, tf.float32), [])
+        vstats = self._vstats
+        # Every step: the gradients' exact norms and the detector's outlier
+        # tests on the loss and the global gradient norm.
+        grad_sq = vstats.grad_sums(grads)
+        grad_norm = tf.sqrt(tf.reduce_sum(grad_sq))
+        state = self._detector.read_value()
+        loss_jump, grad_jump, precursor = self._outliers(state, loss, grad_norm)
+        finite = tf.logical_and(tf.math.is_finite(loss),
+                                tf.math.is_finite(grad_norm))
+        full_until = self._full_until.read_value()
+        hot = tf.logical_or(count < full_until, precursor)
+        median_carry = self._median.read_value()
+        F = vstats.input_rows
+
+        def _full():
+            with_median = tf.logical_or(
+                tf.equal(count % self.median_every, 0),
+                tf.logical_or(first, hot))
+            stats, rows, medians = vstats.compute(
+                grads, weights_before=weights_before, with_median=with_median,
+                median_carry=median_carry, grad_sq=grad_sq)
+            if rows is None:
+                rows = tf.fill([F], float("nan"))
+            return stats, rows, medians
+
+        def _light():
+            return (vstats.light(grads, grad_sq),
+                    tf.fill([F], float("nan")), median_carry)
+
+        if self.stats_every == 1:
+            computed = tf.constant(True)
+            stats, input_rows, medians = _full()
+        else:
+            computed = tf.logical_or(
+                tf.logical_or(first, hot),
+                tf.logical_or(tf.equal(count % self.stats_every, 0),
+                              tf.logical_not(finite)))
+            stats, input_rows, medians = tf.cond(computed, _full, _light)
+        glob = _stats.global_from_stats(stats, vstats.rms_mask, grad_sq)
         loss_bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
         nonfinite = glob["nonfinite"] + loss_bad
-        flags, detector = self._detect(
-            loss, glob["grad_norm"], glob["rms_ratio_max"], nonfinite
+        flags, detector, rms_high = self._detect(
+            state, loss, grad_norm, glob["rms_ratio_max"], nonfinite,
+            loss_jump, grad_jump, computed,
         )
+        # An anomaly (or its first sign) keeps the next steps computed.
+        extend = tf.logical_or(tf.logical_or(flags > 0, precursor), rms_high)
+        new_until = tf.where(
+            extend, tf.maximum(full_until, count + 1 + self.detail_after),
+            full_until)
         nan = tf.constant(float("nan"))
         scale = self.adapter.loss_scale() if loss_scale is None else loss_scale
         values = {
             "loss": loss,
-            "grad_norm": glob["grad_norm"],
+            "grad_norm": grad_norm,
             "learning_rate": self.adapter.learning_rate(),
             "batch_size": nan
             if batch_size is None
@@ -334,8 +391,6 @@ class Recorder:
         updates = [put(self._steps, step_t), put(self._global, row),
                    put(self._layers, stats)]
         if self._input_rows is not None:
-            if input_rows is None:
-                input_rows = tf.fill([self._vstats.input_rows], float("nan"))
             updates.append(put(self._input_rows, input_rows))
         if self._inputs is not None:
             if inputs is None:
@@ -345,6 +400,7 @@ class Recorder:
             updates.append(put(self._inputs, in_stats))
         updates.append(self._median.assign(medians))
         updates.append(self._detector.assign(detector))
+        updates.append(self._full_until.assign(new_until))
         updates.append(self._next_step.assign(step_t + 1))
         # The count moves last: whatever is triggered by it (the host flush
         # of a Monitor inside a tf.function) must see the whole row. Automatic
@@ -352,41 +408,63 @@ class Recorder:
         with tf.control_dependencies(updates):
             return self._count.assign_add(1)
 
-    def _detect(self, loss, grad_norm, rms_ratio_max, nonfinite):
-        """The online detector: flags for this step and the new state.
-
-        A loss jump (or gradient-norm outlier) is a value above its running
-        log-space mean by more than z running standard deviations and by at
-        least a factor 2; the running statistics are EMAs (about 64 steps)
-        fed with values winsorised at 3 sigma on both sides, so a spike does
-        not mask the next one and a zero loss does not drag the level down.
-        """
-        state = self._detector.read_value()
-        (loss_mu, loss_var, grad_mu, grad_var, n, prev_rms, floor,
-         above) = tf.unstack(state)
+    def _outliers(self, state, loss, grad_norm):
+        """(loss_jump, grad_jump, precursor) of this step against the
+        detector's running state (see `_detect`); precursor, a step worth
+        computing in full: the loss or the gradient norm above its running
+        mean by `PRECURSOR_Z` standard deviations and at least x1.5, or the
+        loss above 10x its lowest smoothed level (a slow rise, which the
+        running mean follows, as Adam's does from a tiny loss)."""
+        (loss_mu, loss_var, grad_mu, grad_var, n, _, floor,
+         _) = tf.unstack(state)
         warm = n >= 16.0
         x = tf.math.log(tf.maximum(loss, _LOG_FLOOR))
         y = tf.math.log(tf.maximum(grad_norm, _LOG_FLOOR))
 
-        def outlier(value, mu, var, z):
+        def outlier(value, mu, var, z, least):
             excess = value - mu
-            limit = tf.maximum(z * tf.sqrt(var), _LN2)
+            limit = tf.maximum(z * tf.sqrt(var), least)
             return tf.logical_and(
                 warm,
                 tf.logical_and(tf.math.is_finite(value), excess > limit),
             )
 
-        loss_jump = outlier(x, loss_mu, loss_var, self.loss_z)
-        grad_jump = outlier(y, grad_mu, grad_var, self.grad_z)
+        loss_jump = outlier(x, loss_mu, loss_var, self.loss_z, _LN2)
+        grad_jump = outlier(y, grad_mu, grad_var, self.grad_z, _LN2)
+        precursor = tf.logical_or(
+            tf.logical_or(
+                outlier(x, loss_mu, loss_var, PRECURSOR_Z, _LN1_5),
+                outlier(y, grad_mu, grad_var, PRECURSOR_Z, _LN1_5)),
+            tf.logical_and(tf.logical_and(warm, tf.math.is_finite(x)),
+                           x - floor > _LN10))
+        return loss_jump, grad_jump, precursor
+
+    def _detect(self, state, loss, grad_norm, rms_ratio_max, nonfinite,
+                loss_jump, grad_jump, computed):
+        """The online detector: flags for this step, the new state, and
+        whether RMS(g^2/v_hat) is above its threshold now.
+
+        A loss jump (or gradient-norm outlier) is a value above its running
+        log-space mean by more than z running standard deviations and by at
+        least a factor 2 (`_outliers`); the running statistics are EMAs
+        (about 64 steps) fed with values winsorised at 3 sigma on both
+        sides, so a spike does not mask the next one and a zero loss does
+        not drag the level down. RMS(g^2/v_hat) exists on computed steps
+        only (`computed`); its flag needs two computed steps in a row above
+        the threshold (one above makes the next step computed).
+        """
+        (loss_mu, loss_var, grad_mu, grad_var, n, prev_rms, floor,
+         above) = tf.unstack(state)
+        warm = n >= 16.0
+        x = tf.math.log(tf.maximum(loss, _LOG_FLOOR))
+        y = tf.math.log(tf.maximum(grad_norm, _LOG_FLOOR))
         bad = tf.logical_or(nonfinite > 0, tf.logical_not(tf.math.is_finite(loss)))
         # Sustained: above the threshold on this step and the one before (a
         # single-step excursion of a 64-entry tensor is ordinary noise; the
         # Adam-epsilon mechanism keeps the ratio high for several steps).
-        rms = tf.logical_and(
-            tf.math.is_finite(rms_ratio_max),
-            tf.logical_and(rms_ratio_max > self.rms_threshold,
-                           prev_rms > self.rms_threshold),
-        )
+        rms_high = tf.logical_and(tf.math.is_finite(rms_ratio_max),
+                                  rms_ratio_max > self.rms_threshold)
+        rms = tf.logical_and(rms_high, prev_rms > self.rms_threshold)
         # A slow geometric rise (Adam's effective step passing the stability
         # limit) drags the EMA along and never looks like an outlier; it is
         # caught as the loss crossing 100x its lowest smoothed level, once
@@ -425,11 +503,14 @@ class Recorder:
         grad_mu, grad_var = update(y, grad_mu, grad_var)
         finite = tf.logical_and(tf.math.is_finite(x), tf.math.is_finite(y))
         n = n + tf.cast(finite, tf.float32)
-        rms_now = tf.where(tf.math.is_finite(rms_ratio_max), rms_ratio_max, 0.0)
+        rms_now = tf.where(
+            computed,
+            tf.where(tf.math.is_finite(rms_ratio_max), rms_ratio_max, 0.0),
+            prev_rms)
         floor = tf.where(n >= 16.0, tf.minimum(floor, loss_mu), floor)
         return flags, tf.stack(
             [loss_mu, loss_var, grad_mu, grad_var, n, rms_now, floor, above]
-        )
+        ), rms_high
 
     # Host ------------------------------------------------------------------
 
@@ -457,6 +538,7 @@ class Recorder:
             "detail_after": self.detail_after,
             "first_steps": self.first_steps,
             "full_detail": self.full_detail,
+            "stats_every": self.stats_every,
             "detector": {
                 "loss_z": self.loss_z,
                 "grad_z": self.grad_z,
@@ -480,16 +562,17 @@ class Recorder:
 
         Never raises: an error is logged once and recording stops.
         """
-        if self._broken:
-            return
-        try:
-            self._flush(final, extra_info)
-        except Exception as e:  # pylint: disable=broad-except
-            self._broken = True
-            logger.warning(
-                "tb_stability: writing failed, recording stops (training "
-                "goes on): %s: %s", type(e).__name__, e, exc_info=True
-            )
+        with self._flush_lock:
+            if self._broken:
+                return
+            try:
+                self._flush(final, extra_info)
+            except Exception as e:  # pylint: disable=broad-except
+                self._broken = True
+                logger.warning(
+                    "tb_stability: writing failed, recording stops (training "
+                    "goes on): %s: %s", type(e).__name__, e, exc_info=True
+                )
 
     def _flush(self, final, extra_info):
         count = int(self._count.numpy())

@@ -19,7 +19,7 @@ MEDIAN_SAMPLE = 256
 # single entry g^2/v_hat is a chi-square(1) draw and exceeds 9 every ~400 steps.
 RMS_MIN_SIZE = 32
 # Tensors of more entries than this have their statistics other than the
-# gradient norm estimated from a fixed random sample of this many entries
+# gradient norm estimated from a fixed sample of this many entries
 # (see VariableStats); 0 computes everything over every entry.
 SAMPLE_SIZE = 8192
 # The first kernel's gradient row norms are kept up to this many rows.
@@ -46,6 +46,22 @@ def _median(x):
     return sample[count // 2]
 
 
+# A sample is made of runs of RUN_LENGTH consecutive entries (one cache
+# line of float32) at random places: one gather of whole runs costs about
+# what a strided slice does, while a gather of single random entries cost
+# about as much as a pass over the whole tensor.
+RUN_LENGTH = 16
+
+
+def _sample_runs(n, k, seed):
+    """Sorted indices of the runs (of RUN_LENGTH entries, in the tensor
+    seen as [n // RUN_LENGTH, RUN_LENGTH]) of a sample of about k of its n
+    entries, drawn at random but the same for the same seed."""
+    runs = max(1, k // RUN_LENGTH)
+    return np.sort(np.random.default_rng(seed).choice(
+        n // RUN_LENGTH, runs, replace=False)).astype(np.int32)
+
+
 class VariableStats:
     """Computes the per-variable statistics of one training step.
 
@@ -58,9 +74,9 @@ class VariableStats:
       the small variables into one vector and reducing by segment was
       measured too: on CPU the concatenation costs what it saves.)
     * a tensor of more than `sample_size` entries has its statistics
-      estimated from a fixed random sample of that many entries (the same
-      entries every step, so changes over time are measured on the same
-      weights): weight norm, update ratio, Adam's moments, RMS(g^2/v_hat),
+      estimated from a fixed sample of that many entries, runs of
+      `RUN_LENGTH` consecutive entries at random places (the same entries
+      every step, so changes over time are measured on the same weights): weight norm, update ratio, Adam's moments, RMS(g^2/v_hat),
       the smallest v. Its gradient norm is always exact, and so are the
       non-finite counts whenever a gradient norm is not finite. Without the
       sample, a 1M-parameter MLP's step cost about 1.5x; sums over 8192
@@ -78,12 +94,18 @@ class VariableStats:
         self.variables = list(variables)
         self.sizes = [v.shape.num_elements() or 0 for v in self.variables]
         k = SAMPLE_SIZE if sample_size is None else int(sample_size)
-        # Per variable: the sorted flat indices of its sample, or None.
-        self.samples = [
-            np.sort(np.random.default_rng(i).choice(n, k, replace=False)
-                    ).astype(np.int32)
-            if k > 0 and n > k and v.shape.is_fully_defined() else None
+        # Per variable: the runs of its sample (`_sample_runs`), or None;
+        # `samples`: the flat indices of the entries they hold.
+        self.runs = [
+            _sample_runs(n, k, seed=i)
+            if k >= RUN_LENGTH and n > k and v.shape.is_fully_defined() else None
             for i, (n, v) in enumerate(zip(self.sizes, self.variables))
+        ]
+        self.samples = [
+            None if r is None else
+            (r.astype(np.int64)[:, None] * RUN_LENGTH
+             + np.arange(RUN_LENGTH)[None, :]).ravel()
+            for r in self.runs
         ]
         self.rms_mask = [s >= RMS_MIN_SIZE for s in self.sizes]
         if not any(self.rms_mask):
@@ -97,11 +119,17 @@ class VariableStats:
 
     def sample(self, i, x):
         """x (a value of variable i, or alike) as its statistics see it:
-        the sampled entries, or all of it."""
-        idx = self.samples[i]
-        if idx is None or x.shape.num_elements() == len(idx):
+        the sampled entries (flat, in the order of `samples[i]`), or all of
+        it."""
+        runs = self.runs[i]
+        if runs is None or x.shape.num_elements() == len(self.samples[i]):
             return x
-        return tf.gather(tf.reshape(x, [-1]), idx)
+        flat = tf.reshape(x, [-1])
+        whole = (self.sizes[i] // RUN_LENGTH) * RUN_LENGTH
+        if whole != self.sizes[i]:
+            flat = flat[:whole]
+        return tf.reshape(
+            tf.gather(tf.reshape(flat, [-1, RUN_LENGTH]), runs), [-1])
 
     @property
     def input_rows(self):
@@ -110,13 +138,39 @@ class VariableStats:
             return 0
         return int(self.variables[self.input_index].shape[-2])
 
+    def grad_sums(self, grads):
+        """Exact sums of squares of the gradients, float32 [V] (0 for a None
+        gradient): the part of the statistics computed every step."""
+        zero = tf.constant(0.0)
+        return 2.0 * tf.stack([
+            zero if g is None else tf.nn.l2_loss(_f32(tf.convert_to_tensor(g)))
+            for g in grads])
+
+    def no_grad(self, grads):
+        """float32 [V]: NaN where a variable has no gradient, else 0."""
+        return tf.constant(np.where([g is None for g in grads], np.nan, 0.0)
+                           .astype(np.float32))
+
+    def light(self, grads, grad_sq):
+        """The stats matrix of a step whose statistics other than the
+        gradient norms are not computed: NaN in those columns, zero
+        non-finite counts (a step with a non-finite gradient or loss is
+        always computed in full)."""
+        grad_norm = tf.sqrt(grad_sq) + self.no_grad(grads)
+        nan = tf.fill(tf.shape(grad_norm), float("nan"))
+        zero = tf.zeros_like(grad_norm)
+        return tf.stack([
+            grad_norm if c == "grad_norm" else zero if c.endswith("nonfinite")
+            else nan for c in metadata.STAT_COLUMNS], axis=1)
+
     def compute(self, grads, weights_before=None, with_median=True,
-                median_carry=None):
+                median_carry=None, grad_sq=None):
         """Returns (stats [V, S], input_row_norms [F] or None, medians [V]).
 
         Arguments:
           grads: gradients (as the optimizer saw them, before clipping), one
             per variable; None entries give NaN gradient statistics.
+          grad_sq: `grad_sums(grads)` when already computed.
           weights_before: optional weight values before the update; when
             given, the update ratio is measured exactly, else it is derived
             from Adam's moments (Adam family) or from the gradient (plain SGD).
@@ -157,13 +211,15 @@ class VariableStats:
         wd_mask = [bool(wd) and from_adam[i] and adapter.weight_decay_applies(var)
                    for i, var in enumerate(self.variables)]
 
+        if grad_sq is None:
+            grad_sq = self.grad_sums(grads)
         zero = tf.constant(0.0)
         rows = []  # per variable, the 8 sums below (squares halved)
         for i in range(count):
             # Fused L2Loss, sum(x^2) / 2, for the sums of squares: one node
             # and one pass over the tensor instead of two.
             gi, mi, vi = g[i], m[i], v[i]
-            q = [zero if gi is None else tf.nn.l2_loss(gi)]  # always exact
+            q = [zero]  # the gradient's, exact: grad_sq
             if self.samples[i] is not None:
                 gi = None if gi is None else self.sample(i, gi)
                 mi = None if mi is None else self.sample(i, mi)
@@ -193,13 +249,14 @@ class VariableStats:
         for i, idx in enumerate(self.samples):
             if idx is not None:
                 scale[i, [1, 2, 3, 4, 6, 7]] *= self.sizes[i] / len(idx)
-        g_sq, w_sq, m_sq, v_sum, ratio_sum, v_min, d_exact, d_adam = tf.unstack(
+        _, w_sq, m_sq, v_sum, ratio_sum, v_min, d_exact, d_adam = tf.unstack(
             raw * tf.constant(scale), axis=1)
+        g_sq = grad_sq
         d_adam = d_adam * tf.where(tf.constant(wd_mask), 1.0, alpha * alpha)
 
         # NaN where a statistic does not exist (x + NaN is NaN, x + 0 is x).
         nan = float("nan")
-        no_grad = tf.constant(np.where([x is None for x in g], nan, 0.0).astype(np.float32))
+        no_grad = self.no_grad(g)
         no_moments = tf.constant(np.where([x is None for x in m], nan, 0.0).astype(np.float32))
         n = tf.constant(np.maximum(self.sizes, 1).astype(np.float32))
         from_sgd = np.array([x is not None for x in g]) & ~exact & ~from_adam & (
@@ -227,7 +284,9 @@ class VariableStats:
 
         # Non-finite entries are counted exactly, but only on steps where some
         # sum of squares is not finite: on healthy steps that costs nothing.
-        all_finite = tf.reduce_all(tf.math.is_finite(raw[:, :4]))
+        all_finite = tf.logical_and(
+            tf.reduce_all(tf.math.is_finite(raw[:, 1:4])),
+            tf.reduce_all(tf.math.is_finite(grad_sq)))
 
         def _counts():
             return tf.stack([tf.stack([
@@ -262,14 +321,16 @@ class VariableStats:
         return stats, input_row_norms, medians
 
 
-def global_from_stats(stats, rms_mask):
-    """Global columns derived from the per-variable stats matrix.
+def global_from_stats(stats, rms_mask, grad_sq):
+    """Global columns derived from the per-variable stats matrix and the
+    gradients' sums of squares (`VariableStats.grad_sums`; variables without
+    a gradient count as zero).
 
     Returns a dict: grad_norm, weight_norm, update_ratio, rms_ratio_max,
     eff_step_max, nonfinite (gradients, weights and moments).
     """
     col = lambda name: stats[:, _S[name]]  # noqa: E731
-    grad_norm = tf.sqrt(tf.reduce_sum(tf.square(col("grad_norm"))))
+    grad_norm = tf.sqrt(tf.reduce_sum(grad_sq))
     weight_norm = tf.sqrt(tf.reduce_sum(tf.square(col("weight_norm"))))
     update_norm = tf.sqrt(
         tf.reduce_sum(tf.square(col("update_ratio") * col("weight_norm")))

@@ -260,6 +260,13 @@ class StabilityCallback(keras.callbacks.Callback):
       first_steps: per-variable detail kept for the first steps (50).
       loss_z, grad_z, rms_threshold: detector thresholds (see FORMAT.md).
       flush_secs: longest time between two writes of a live run (30 s).
+      stats_every: steps between two computations of the per-variable
+        statistics other than the gradient norms (weights, update ratios,
+        Adam's moments; default 8, NaN on the steps between). Every step is
+        computed during the first steps, from a step whose loss or gradient
+        norm leaves its usual range until `detail_after` steps after the
+        last flagged one, and on non-finite steps. The loss, gradient norms
+        and the detector run every step. 1: every step.
       full_detail: keep every step's per-variable rows instead of only those
         around flagged steps, computed over every entry of every tensor (not
         a sample of the large ones), with the median of sqrt(v_hat)/eps every
@@ -267,19 +274,26 @@ class StabilityCallback(keras.callbacks.Callback):
         runs or when every step must be inspectable.
     """
 
+    # Keras may run on_train_batch_end in a worker thread instead of
+    # converting every step's logs to Python numbers on the training thread
+    # (a host synchronisation per step): it only counts steps and flushes
+    # once per window, under a lock, reading rows the step no longer writes.
+    async_safe = True
+
     def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,
                  first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=10.0,
-                 flush_secs=30.0, full_detail=False):
+                 flush_secs=30.0, stats_every=8, full_detail=False):
         super().__init__()
         self.logdir = str(logdir)
         self._recorder_kwargs = dict(
             window=window, detail_before=detail_before,
             detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
             grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
-            full_detail=full_detail,
+            stats_every=stats_every, full_detail=full_detail,
         )
         self._inst = None
         self._steps_since_flush = 0
+        self._count_lock = threading.Lock()
 
     @property
     def recorder(self):
@@ -339,10 +353,13 @@ class StabilityCallback(keras.callbacks.Callback):
         inst = self._inst
         if inst is None or inst.recorder is None:
             return
-        self._steps_since_flush += self._spe
         rec = inst.recorder
-        if self._steps_since_flush >= rec.window:
-            self._steps_since_flush = 0
+        with self._count_lock:
+            self._steps_since_flush += self._spe
+            due = self._steps_since_flush >= rec.window
+            if due:
+                self._steps_since_flush = 0
+        if due:
             rec.flush()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -34,7 +34,7 @@ class Monitor:
         gets `inputs=` under a distribution strategy (elsewhere it is read
         from the first batch).
       window, detail_before, detail_after, first_steps, loss_z, grad_z,
-        rms_threshold, flush_secs, full_detail: as for
+        rms_threshold, flush_secs, stats_every, full_detail: as for
         `keras.StabilityCallback`.
 
     Usable as a context manager: leaving it writes everything and closes the
@@ -44,7 +44,7 @@ class Monitor:
     def __init__(self, logdir, optimizer, variables, *, input_features=None,
                  window=256, detail_before=32, detail_after=8, first_steps=50,
                  loss_z=6.0, grad_z=6.0, rms_threshold=10.0, flush_secs=30.0,
-                 full_detail=False):
+                 stats_every=8, full_detail=False):
         self.logdir = str(logdir)
         self.optimizer = optimizer
         self.variables = list(variables)
@@ -52,7 +52,7 @@ class Monitor:
             window=window, detail_before=detail_before,
             detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
             grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
-            full_detail=full_detail,
+            stats_every=stats_every, full_detail=full_detail,
         )
         self._input_features = input_features
         self._recorder = None

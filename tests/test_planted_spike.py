@@ -40,7 +40,10 @@ def _read_through_tensorboard(logdir):
 
 
 def test_planted_spike_kept_at_exact_step(tmp_path):
-    rng = np.random.default_rng()
+    # Fixed seed: some draws of this noisy low-loss regression also raise a
+    # few genuine loss-rise flags (100x its lowest level), which the count
+    # of detail rows below does not allow for.
+    rng = np.random.default_rng(0)
     spike_step = int(rng.integers(200, STEPS - 100))
     batch = 4
     x = rng.normal(size=(STEPS * batch, 8)).astype("float32")

@@ -336,10 +336,18 @@ def rms_precursor_level(rms: np.ndarray, lo: int, history: int = 1000) -> float:
     before when it has often been above 1 anyway (late in a long Adam run a
     small tensor's ratio wanders above 1 without consequence)."""
     past = rms[max(0, lo - history):lo]
-    past = past[np.isfinite(past)]
-    if len(past) < 100:
+    # A recorder with stats_every > 1 measures every few rows, and every row
+    # around anomalies: each measured value stands for the rows up to the
+    # next one, or the excursions would weigh more than they last.
+    rows = np.flatnonzero(np.isfinite(past))
+    if len(rows) < 50:
         return 1.0
-    return max(1.0, float(np.percentile(past, 99)))
+    weight = np.diff(np.append(rows, len(past)))
+    values = past[rows]
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weight[order])
+    k = int(np.searchsorted(cum, 0.99 * cum[-1]))
+    return max(1.0, float(values[order][min(k, len(order) - 1)]))
 
 
 def adam_epsilon(ctx: Context, a: Anomaly):
@@ -401,18 +409,28 @@ def adam_epsilon(ctx: Context, a: Anomaly):
                 f"peak (max {_fmt(np.nanmax(window))}){med}.")
     # The effective step lr/(sqrt(v_hat)+eps) rising over the run.
     eff = run.col("eff_step_max")
-    back = ctx.idx(max(int(run.steps[0]), a.step - 2000))
-    if np.isfinite(eff[i0]) and np.isfinite(eff[back]) and eff[back] > 0 \
-            and eff[i0] > 1.5 * eff[back] and i0 - back >= 100:
+    back = last_finite(eff, ctx.idx(max(int(run.steps[0]), a.step - 2000)))
+    ie = last_finite(eff, i0)
+    if back is not None and ie is not None and np.isfinite(eff[ie]) and np.isfinite(eff[back]) and eff[back] > 0 \
+            and eff[ie] > 1.5 * eff[back] and ie - back >= 100:
         evidence.append(f"Adam's largest effective step rose from {_fmt(eff[back])} "
-                        f"to {_fmt(eff[i0])} between steps {int(run.steps[back])} "
-                        f"and {a.step} as the second moment decayed"
+                        f"to {_fmt(eff[ie])} between steps {int(run.steps[back])} "
+                        f"and {int(run.steps[ie])} as the second moment decayed"
                         f"{'' if eps is None else f' (epsilon {_fmt(eps)})'}.")
         score += 0.15
     if score < 0.45:
         return None
     return _cause(C.ADAM_EPSILON, min(score, 0.95), evidence, layer=layer,
                   lead=lead)
+
+
+def last_finite(x: np.ndarray, i: int, back: int = 64) -> Optional[int]:
+    """The last row at or before `i` (and at most `back` rows before) where
+    `x` is finite: a recorder computing its statistics every few steps
+    leaves NaN between them. None when there is none."""
+    lo = max(0, i - back)
+    ok = np.flatnonzero(np.isfinite(x[lo:i + 1]))
+    return int(lo + ok[-1]) if len(ok) else None
 
 
 def grad_jump(grad: np.ndarray, i: int, before: int, window: int) -> Optional[float]:

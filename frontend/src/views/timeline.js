@@ -28,7 +28,8 @@ for (let e = 0; e <= 9; e++) for (const m of [1, 2, 5]) STEP_INCRS.push(m * 10 *
 
 export const SIGNALS = [
   {key: 'grad_norm', label: 'global grad norm \u2016g\u2016', band: true},
-  {key: 'rms_ratio_max', label: 'max RMS(g\u00b2/v\u0302)', ref: 1, adamOnly: true},
+  // sparse: measured every few steps (the recorder's stats_every), NaN between: drawn joined.
+  {key: 'rms_ratio_max', label: 'max RMS(g\u00b2/v\u0302)', ref: 1, adamOnly: true, sparse: true},
   {key: 'learning_rate', label: 'learning rate'},
 ];
 
@@ -225,8 +226,8 @@ export class TimelineView {
     if (log) o.axes[1].splits = (u, i, min, max) => logSplits(min, max, 3);
     o.series = [
       {label: 'step'},
-      {label: sig.key + ' min', stroke: sig.band ? colors.signal : 'transparent', width: 1},
-      {label: sig.key + ' max', stroke: colors.signal, width: 1},
+      {label: sig.key + ' min', stroke: sig.band ? colors.signal : 'transparent', width: 1, spanGaps: !!sig.sparse},
+      {label: sig.key + ' max', stroke: colors.signal, width: 1, spanGaps: !!sig.sparse},
     ];
     if (sig.band) o.bands = [{series: [2, 1], fill: colors.grid}];
     o.hooks.draw = [(u) => this.drawOverlay(u, false, sig.ref)];

@@ -76,10 +76,10 @@ export class AdamChartView {
       series: [
         {label: 'step', value: (u, v) => (v === null ? '\u2014' : formatStep(v))},
         {label: 'loss', scale: 'l', points: {show: false}, stroke: colors.muted, width: 1, value: fmt},
-        {label: 'RMS \u221av\u0302', scale: 'v', points: {show: false}, stroke: '#4e79a7', width: 1.5, value: fmt},
-        {label: 'median \u221av\u0302', scale: 'v', points: {show: false}, stroke: '#59a14f', width: 1.5, value: fmt},
+        {label: 'RMS \u221av\u0302', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#4e79a7', width: 1.5, value: fmt},
+        {label: 'median \u221av\u0302', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#59a14f', width: 1.5, value: fmt},
         {label: '\u03b5', scale: 'v', points: {show: false}, stroke: colors.fg, width: 1, dash: [5, 4], value: fmt},
-        {label: 'eff. step max', scale: 'e', points: {show: false}, stroke: '#e15759', width: 1.5, value: fmt},
+        {label: 'eff. step max', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1.5, value: fmt},
       ],
       hooks: {draw: [(u) => this.drawMarks(u, colors)]},
     };

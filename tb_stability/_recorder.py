@@ -333,22 +333,24 @@ class Recorder:
                 median_carry=median_carry, grad_sq=grad_sq)
             if rows is None:
                 rows = tf.fill([F], float("nan"))
-            return stats, rows, medians
+            return (stats, rows, medians,
+                    _stats.global_from_stats(stats, vstats.rms_mask))
 
         def _light():
             return (vstats.light(grads, grad_sq),
-                    tf.fill([F], float("nan")), median_carry)
+                    tf.constant(np.full([F], np.nan, np.float32)),
+                    median_carry, tf.constant(_stats.GLOBAL_LIGHT))
 
         if self.stats_every == 1:
             computed = tf.constant(True)
-            stats, input_rows, medians = _full()
+            stats, input_rows, medians, glob = _full()
         else:
             computed = tf.logical_or(
                 tf.logical_or(first, hot),
                 tf.logical_or(tf.equal(count % self.stats_every, 0),
                               tf.logical_not(finite)))
-            stats, input_rows, medians = tf.cond(computed, _full, _light)
-        glob = _stats.global_from_stats(stats, vstats.rms_mask, grad_sq)
+            stats, input_rows, medians, glob = tf.cond(computed, _full, _light)
+        glob = dict(zip(_stats.GLOBAL_FROM_STATS, tf.unstack(glob)))
         loss_bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
         nonfinite = glob["nonfinite"] + loss_bad
         flags, detector, rms_high = self._detect(

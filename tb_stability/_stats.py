@@ -156,12 +156,18 @@ class VariableStats:
         gradient norms are not computed: NaN in those columns, zero
         non-finite counts (a step with a non-finite gradient or loss is
         always computed in full)."""
-        grad_norm = tf.sqrt(grad_sq) + self.no_grad(grads)
-        nan = tf.fill(tf.shape(grad_norm), float("nan"))
-        zero = tf.zeros_like(grad_norm)
-        return tf.stack([
-            grad_norm if c == "grad_norm" else zero if c.endswith("nonfinite")
-            else nan for c in metadata.STAT_COLUMNS], axis=1)
+        # A constant with NaN and zeros, plus the norms in their column: a
+        # handful of graph nodes, for a path taken on most steps.
+        base = np.full([len(self.variables), len(metadata.STAT_COLUMNS)],
+                       np.nan, np.float32)
+        for c, name in enumerate(metadata.STAT_COLUMNS):
+            if name.endswith("nonfinite"):
+                base[:, c] = 0.0
+        base[:, _S["grad_norm"]] = np.where([g is None for g in grads],
+                                            np.nan, 0.0)
+        column = np.zeros([1, len(metadata.STAT_COLUMNS)], np.float32)
+        column[0, _S["grad_norm"]] = 1.0
+        return tf.constant(base) + tf.sqrt(grad_sq)[:, None] * tf.constant(column)
 
     def compute(self, grads, weights_before=None, with_median=True,
                 median_carry=None, grad_sq=None):
@@ -321,16 +327,20 @@ class VariableStats:
         return stats, input_row_norms, medians
 
 
-def global_from_stats(stats, rms_mask, grad_sq):
-    """Global columns derived from the per-variable stats matrix and the
-    gradients' sums of squares (`VariableStats.grad_sums`; variables without
-    a gradient count as zero).
+# What `global_from_stats` returns, in this order.
+GLOBAL_FROM_STATS = ("weight_norm", "update_ratio", "rms_ratio_max",
+                     "eff_step_max", "nonfinite")
+# ... for a step computed by `VariableStats.light`.
+GLOBAL_LIGHT = np.array([np.nan, np.nan, np.nan, np.nan, 0.0], np.float32)
 
-    Returns a dict: grad_norm, weight_norm, update_ratio, rms_ratio_max,
-    eff_step_max, nonfinite (gradients, weights and moments).
+
+def global_from_stats(stats, rms_mask):
+    """Global columns derived from the per-variable stats matrix: float32
+    [5] in the order of `GLOBAL_FROM_STATS` (weight_norm, update_ratio,
+    rms_ratio_max, eff_step_max, nonfinite: gradients, weights and moments).
+    The global gradient norm comes from the gradients' sums of squares.
     """
     col = lambda name: stats[:, _S[name]]  # noqa: E731
-    grad_norm = tf.sqrt(tf.reduce_sum(grad_sq))
     weight_norm = tf.sqrt(tf.reduce_sum(tf.square(col("weight_norm"))))
     update_norm = tf.sqrt(
         tf.reduce_sum(tf.square(col("update_ratio") * col("weight_norm")))
@@ -345,14 +355,8 @@ def global_from_stats(stats, rms_mask, grad_sq):
         + tf.reduce_sum(col("weight_nonfinite"))
         + tf.reduce_sum(col("moment_nonfinite"))
     )
-    return {
-        "grad_norm": grad_norm,
-        "weight_norm": weight_norm,
-        "update_ratio": update_norm / tf.maximum(weight_norm, _TINY),
-        "rms_ratio_max": rms_ratio_max,
-        "eff_step_max": eff_step_max,
-        "nonfinite": nonfinite,
-    }
+    return tf.stack([weight_norm, update_norm / tf.maximum(weight_norm, _TINY),
+                     rms_ratio_max, eff_step_max, nonfinite])
 
 
 def input_stats(inputs):

@@ -349,7 +349,7 @@ class Recorder:
                 tf.logical_or(first, hot),
                 tf.logical_or(tf.equal(count % self.stats_every, 0),
                               tf.logical_not(finite)))
-            stats, input_rows, medians, glob = tf.cond(computed, _full, _light)
+            stats, input_rows, medians, glob = _stats.cond(computed, _full, _light)
         glob = dict(zip(_stats.GLOBAL_FROM_STATS, tf.unstack(glob)))
         loss_bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
         nonfinite = glob["nonfinite"] + loss_bad

@@ -347,6 +347,7 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
             "steps": steps.tolist(),
             "variables": variables,
             "variables_total": n_vars,
+            "stats_every": _info_int(run, "stats_every", 1, 1),
             "variable_index": served.tolist(),
             "implicated": list(dict.fromkeys(position[i] for i in implicated if i in position)),
             "layers": [layer_of(v) for v in variables],

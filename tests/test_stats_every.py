@@ -102,3 +102,29 @@ def test_a_nonfinite_step_is_counted_exactly(tmp_path):
 def test_every_step_on_request(tmp_path, kwargs):
     run, rows = _train(str(tmp_path / "run"), **kwargs)
     assert _computed(rows).all()
+
+
+def test_the_tab_serves_the_spike_with_every_statistic(tmp_path):
+    """Through TensorBoard: the anomaly's evidence says which statistics are
+    sparse, and from the spike on every step's Adam statistics are there."""
+    from werkzeug import test as wtest
+    from conftest import no_bare_nan, tensorboard_app
+
+    _train(str(tmp_path / "run"), spike=SPIKE)
+    app, _ = tensorboard_app(tmp_path)
+    client = wtest.Client(app)
+    base = "/data/plugin/tb_stability"
+    timeline = no_bare_nan(client.get(base + "/timeline", query_string={
+        "run": "run", "width": "200"}).data)
+    (spike,) = [a for a in timeline["anomalies"] if a["peak_step"] == SPIKE]
+    data = no_bare_nan(client.get(base + "/anomaly", query_string={
+        "run": "run", "step": str(SPIKE)}).data)
+    ev = data["evidence"]
+    assert ev["stats_every"] == 8 and ev["resolution"] == "step"
+    at = ev["steps"].index(SPIKE)
+    measured = lambda v: isinstance(v, float)  # noqa: E731 (NaN is "NaN")
+    for row in ev["stats"]["rms_ratio"]:
+        assert all(map(measured, row[at:]))  # measured from the spike on
+        assert not all(map(measured, row[:at]))  # sparse before it
+    for row in ev["stats"]["grad_norm"]:
+        assert all(map(measured, row))  # every step

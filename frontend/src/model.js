@@ -421,6 +421,20 @@ export function variableIndex(ev, row) {
 /** The note of a heatmap whose rows the backend capped (at most 256 of a
  * wide run's variables): "showing 256 of 10,000 variables (the implicated
  * one and the 255 that moved most)"; null when every variable is served. */
+/**
+ * The note under a per-step heatmap of a statistic the recorder measures
+ * every `stats_every` steps only (all but the gradient norms), or null.
+ * @param {?Object} ev the /anomaly evidence
+ * @param {string} stat the statistic shown
+ * @return {?string}
+ */
+export function evidenceSparseNote(ev, stat) {
+  const every = ev && Number.isInteger(ev.stats_every) ? ev.stats_every : 1;
+  if (every <= 1 || !ev || ev.resolution === 'window' || stat === 'grad_norm' || stat === 'grad_nonfinite') return null;
+  return `blank cells: not measured (this statistic is measured every ${formatStep(every)} steps, ` +
+    'and on every step around anomalies and their first signs)';
+}
+
 export function evidenceRowsNote(ev) {
   const shown = ev && Array.isArray(ev.variables) ? ev.variables.length : 0;
   const total = ev && Number.isInteger(ev.variables_total) ? ev.variables_total : shown;

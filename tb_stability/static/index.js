@@ -13,7 +13,7 @@
 import {api} from './api.js';
 import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
-  decodeTimeline, evidenceRowsNote, findAnomaly, formatNumber, formatPercent, formatStep,
+  decodeTimeline, evidenceRowsNote, evidenceSparseNote, findAnomaly, formatNumber, formatPercent, formatStep,
   highlightRow, mergeTimelines, needsZoomFetch, requestWidth, shapePath, stepAnomaly,
   timelineUrl, variableIndex, zoomSteps, zoomWidth,
 } from './model.js';
@@ -496,7 +496,8 @@ class App {
     }
     this.heatmap.setData({steps, variables, matrix, stat, norm: this.heatNorm, highlight, highlightRow: hlRow,
       selectedVariable: varIndex, resolution: ev.resolution, available,
-      variableIndex: variables.map((_, i) => variableIndex(ev, i)), rowsNote: evidenceRowsNote(ev)});
+      variableIndex: variables.map((_, i) => variableIndex(ev, i)),
+      rowsNote: [evidenceRowsNote(ev), evidenceSparseNote(ev, stat)].filter(Boolean).join(' \u00b7 ') || null});
     this.adamBox.hidden = false;
     const g = detail.global || {};
     this.adam.setData({steps, variable: variables[varIndex], index: varIndex, stats, optimizer, highlight,

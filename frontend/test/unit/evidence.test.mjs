@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import {test} from 'node:test';
 
-import {evidenceRowsNote, highlightRow, variableIndex} from '../../src/model.js';
+import {evidenceRowsNote, evidenceSparseNote, highlightRow, variableIndex} from '../../src/model.js';
 
 const names = (n) => Array.from({length: n}, (_, i) => `m/v${i}`);
 
@@ -50,4 +50,13 @@ test('variableIndex: a served row\'s index in the run', () => {
   assert.deepEqual([0, 1, 2].map((i) => variableIndex(ev, i)), [0, 4711, 9999]);
   assert.equal(variableIndex({variables: names(3)}, 2), 2);  // not capped: the row itself
   assert.equal(variableIndex({variable_index: [null]}, 0), 0);
+});
+
+test('evidenceSparseNote: only for statistics measured every few steps, per step', () => {
+  const ev = {stats_every: 8, resolution: 'step'};
+  assert.match(evidenceSparseNote(ev, 'rms_ratio'), /every 8 steps/);
+  assert.equal(evidenceSparseNote(ev, 'grad_norm'), null);  // every step, exact
+  assert.equal(evidenceSparseNote({stats_every: 1, resolution: 'step'}, 'rms_ratio'), null);
+  assert.equal(evidenceSparseNote({resolution: 'step'}, 'rms_ratio'), null);  // an older backend
+  assert.equal(evidenceSparseNote({stats_every: 8, resolution: 'window'}, 'rms_ratio'), null);
 });

@@ -316,7 +316,8 @@ class Recorder:
         grad_sq = vstats.grad_sums(grads)
         grad_norm = tf.sqrt(tf.reduce_sum(grad_sq))
         state = self._detector.read_value()
-        loss_jump, grad_jump, precursor = self._outliers(state, loss, grad_norm)
+        x, y, loss_jump, grad_jump, precursor = self._outliers(
+            state, loss, grad_norm)
         finite = tf.logical_and(tf.math.is_finite(loss),
                                 tf.math.is_finite(grad_norm))
         full_until = self._full_until.read_value()
@@ -354,7 +355,7 @@ class Recorder:
         loss_bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
         nonfinite = glob["nonfinite"] + loss_bad
         flags, detector, rms_high = self._detect(
-            state, loss, grad_norm, glob["rms_ratio_max"], nonfinite,
+            state, loss, x, y, glob["rms_ratio_max"], nonfinite,
             loss_jump, grad_jump, computed,
         )
         # An anomaly (or its first sign) keeps the next steps computed.
@@ -411,8 +412,9 @@ class Recorder:
             return self._count.assign_add(1)
 
     def _outliers(self, state, loss, grad_norm):
-        """(loss_jump, grad_jump, precursor) of this step against the
-        detector's running state (see `_detect`); precursor, a step worth
+        """(x, y, loss_jump, grad_jump, precursor) of this step against the
+        detector's running state (see `_detect`): x and y the logs of the
+        loss and the gradient norm; precursor, a step worth
         computing in full: the loss or the gradient norm above its running
         mean by `PRECURSOR_Z` standard deviations and at least x1.5, or the
         loss above 10x its lowest smoothed level (a slow rise, which the
@@ -439,9 +441,9 @@ class Recorder:
                 outlier(y, grad_mu, grad_var, PRECURSOR_Z, _LN1_5)),
             tf.logical_and(tf.logical_and(warm, tf.math.is_finite(x)),
                            x - floor > _LN10))
-        return loss_jump, grad_jump, precursor
+        return x, y, loss_jump, grad_jump, precursor
 
-    def _detect(self, state, loss, grad_norm, rms_ratio_max, nonfinite,
+    def _detect(self, state, loss, x, y, rms_ratio_max, nonfinite,
                 loss_jump, grad_jump, computed):
         """The online detector: flags for this step, the new state, and
         whether RMS(g^2/v_hat) is above its threshold now.
@@ -458,8 +460,6 @@ class Recorder:
         (loss_mu, loss_var, grad_mu, grad_var, n, prev_rms, floor,
          above) = tf.unstack(state)
         warm = n >= 16.0
-        x = tf.math.log(tf.maximum(loss, _LOG_FLOOR))
-        y = tf.math.log(tf.maximum(grad_norm, _LOG_FLOOR))
         bad = tf.logical_or(nonfinite > 0, tf.logical_not(tf.math.is_finite(loss)))
         # Sustained: above the threshold on this step and the one before (a
         # single-step excursion of a 64-entry tensor is ordinary noise; the

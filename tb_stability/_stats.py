@@ -37,9 +37,9 @@ def cond(pred, true_fn, false_fn):
     computing the branch every eighth step. Kept as an `If` node, the branch
     not taken costs nothing.
     """
-    graph = tf.compat.v1.get_default_graph()
     if tf.executing_eagerly():
         return tf.cond(pred, true_fn, false_fn)
+    graph = tf.compat.v1.get_default_graph()
     before = len(graph.get_operations())
     out = tf.cond(pred, true_fn, false_fn)
     for op in graph.get_operations()[before:]:
@@ -88,19 +88,23 @@ def _sample_runs(n, k, seed):
 class VariableStats:
     """Computes the per-variable statistics of one training step.
 
-    This runs every step, so its cost is kept to what Adam's own update
-    costs or less:
+    `grad_sums` (the exact gradient norms) runs every step, `compute` (all
+    the statistics) every few steps and around anomalies, `light` (the
+    gradient norms alone in the stats matrix) on the other steps. Their cost
+    is kept to what Adam's own update costs or less:
 
-    * each variable gets eight sums (fused `L2Loss` for the sums of squares,
-      one pass each) and nothing else; everything after them is arithmetic
-      on `[variables]` vectors, a fixed number of graph nodes. (Flattening
-      the small variables into one vector and reducing by segment was
-      measured too: on CPU the concatenation costs what it saves.)
+    * each variable gets one sum of squares of its gradient and seven more
+      sums in `compute` (fused `L2Loss` for the sums of squares, one pass
+      each) and nothing else; everything after them is arithmetic on
+      `[variables]` vectors, a fixed number of graph nodes. (Flattening the
+      small variables into one vector and reducing by segment was measured
+      too: on CPU the concatenation costs what it saves.)
     * a tensor of more than `sample_size` entries has its statistics
       estimated from a fixed sample of that many entries, runs of
       `RUN_LENGTH` consecutive entries at random places (the same entries
-      every step, so changes over time are measured on the same weights): weight norm, update ratio, Adam's moments, RMS(g^2/v_hat),
-      the smallest v. Its gradient norm is always exact, and so are the
+      every step, so changes over time are measured on the same weights):
+      weight norm, update ratio, Adam's moments, RMS(g^2/v_hat), the
+      smallest v. Its gradient norm is always exact, and so are the
       non-finite counts whenever a gradient norm is not finite. Without the
       sample, a 1M-parameter MLP's step cost about 1.5x; sums over 8192
       entries estimate a mean to about 1-2%.
@@ -243,18 +247,18 @@ class VariableStats:
         if grad_sq is None:
             grad_sq = self.grad_sums(grads)
         zero = tf.constant(0.0)
-        rows = []  # per variable, the 8 sums below (squares halved)
+        rows = []  # per variable, the 7 sums below (squares halved)
         for i in range(count):
             # Fused L2Loss, sum(x^2) / 2, for the sums of squares: one node
-            # and one pass over the tensor instead of two.
+            # and one pass over the tensor instead of two. (The gradient's,
+            # exact, is grad_sq.)
             gi, mi, vi = g[i], m[i], v[i]
-            q = [zero]  # the gradient's, exact: grad_sq
             if self.samples[i] is not None:
                 gi = None if gi is None else self.sample(i, gi)
                 mi = None if mi is None else self.sample(i, mi)
                 vi = None if vi is None else self.sample(i, vi)
             wi = self.sample(i, w[i])
-            q.append(tf.nn.l2_loss(wi))
+            q = [tf.nn.l2_loss(wi)]
             if mi is not None:
                 q += [tf.nn.l2_loss(mi), tf.reduce_sum(vi),
                       zero if gi is None else tf.nn.l2_loss(
@@ -273,14 +277,13 @@ class VariableStats:
             rows.append(tf.stack(q))
         raw = tf.stack(rows)
         # Undo L2Loss's halving; scale sums over a sample to the whole tensor.
-        scale = np.ones([count, 8], np.float32)
-        scale[:, [0, 1, 2, 4, 6, 7]] = 2.0
+        scale = np.ones([count, 7], np.float32)
+        scale[:, [0, 1, 3, 5, 6]] = 2.0
         for i, idx in enumerate(self.samples):
             if idx is not None:
-                scale[i, [1, 2, 3, 4, 6, 7]] *= self.sizes[i] / len(idx)
-        _, w_sq, m_sq, v_sum, ratio_sum, v_min, d_exact, d_adam = tf.unstack(
+                scale[i, [0, 1, 2, 3, 5, 6]] *= self.sizes[i] / len(idx)
+        w_sq, m_sq, v_sum, ratio_sum, v_min, d_exact, d_adam = tf.unstack(
             raw * tf.constant(scale), axis=1)
-        g_sq = grad_sq
         d_adam = d_adam * tf.where(tf.constant(wd_mask), 1.0, alpha * alpha)
 
         # NaN where a statistic does not exist (x + NaN is NaN, x + 0 is x).
@@ -292,7 +295,7 @@ class VariableStats:
             momentum == 0.0 and adapter.name == "SGD")
         d_sq = tf.where(tf.constant(exact), d_exact, tf.where(
             tf.constant(from_adam), d_adam,
-            tf.where(tf.constant(from_sgd), tf.square(lr) * g_sq, nan)))
+            tf.where(tf.constant(from_sgd), tf.square(lr) * grad_sq, nan)))
         weight_norm = tf.sqrt(w_sq)
         mu_rms = tf.sqrt(m_sq / n) + no_moments
         nu_sqrt_rms = tf.sqrt(v_sum / bias_2 / n) + no_moments
@@ -314,7 +317,7 @@ class VariableStats:
         # Non-finite entries are counted exactly, but only on steps where some
         # sum of squares is not finite: on healthy steps that costs nothing.
         all_finite = tf.logical_and(
-            tf.reduce_all(tf.math.is_finite(raw[:, 1:4])),
+            tf.reduce_all(tf.math.is_finite(raw[:, :3])),
             tf.reduce_all(tf.math.is_finite(grad_sq)))
 
         def _counts():
@@ -328,7 +331,7 @@ class VariableStats:
         counts = cond(all_finite, lambda: tf.zeros([count, 3]), _counts)
         grad_bad, weight_bad, moment_bad = tf.unstack(counts, axis=1)
         columns = {
-            "grad_norm": tf.sqrt(g_sq) + no_grad,
+            "grad_norm": tf.sqrt(grad_sq) + no_grad,
             "grad_nonfinite": grad_bad,
             "weight_norm": weight_norm,
             "weight_nonfinite": weight_bad,

@@ -16,8 +16,8 @@ def detect(tmp_path):
     @tf.function
     def step(loss, grad, rms, nonfinite):
         state = rec._detector.read_value()
-        loss_jump, grad_jump, _ = rec._outliers(state, loss, grad)
-        flags, state, _ = rec._detect(state, loss, grad, rms, nonfinite,
+        x, y, loss_jump, grad_jump, _ = rec._outliers(state, loss, grad)
+        flags, state, _ = rec._detect(state, loss, x, y, rms, nonfinite,
                                       loss_jump, grad_jump, tf.constant(True))
         rec._detector.assign(state)
         return flags

@@ -418,9 +418,6 @@ export function variableIndex(ev, row) {
   return Number.isInteger(idx) ? idx : row;
 }
 
-/** The note of a heatmap whose rows the backend capped (at most 256 of a
- * wide run's variables): "showing 256 of 10,000 variables (the implicated
- * one and the 255 that moved most)"; null when every variable is served. */
 /**
  * The note under a per-step heatmap of a statistic the recorder measures
  * every `stats_every` steps only (all but the gradient norms), or null.
@@ -435,6 +432,9 @@ export function evidenceSparseNote(ev, stat) {
     'and on every step around anomalies and their first signs)';
 }
 
+/** The note of a heatmap whose rows the backend capped (at most 256 of a
+ * wide run's variables): "showing 256 of 10,000 variables (the implicated
+ * one and the 255 that moved most)"; null when every variable is served. */
 export function evidenceRowsNote(ev) {
   const shown = ev && Array.isArray(ev.variables) ? ev.variables.length : 0;
   const total = ev && Number.isInteger(ev.variables_total) ? ev.variables_total : shown;

@@ -411,7 +411,7 @@ def adam_epsilon(ctx: Context, a: Anomaly):
     eff = run.col("eff_step_max")
     back = last_finite(eff, ctx.idx(max(int(run.steps[0]), a.step - 2000)))
     ie = last_finite(eff, i0)
-    if back is not None and ie is not None and np.isfinite(eff[ie]) and np.isfinite(eff[back]) and eff[back] > 0 \
+    if back is not None and ie is not None and eff[back] > 0 \
             and eff[ie] > 1.5 * eff[back] and ie - back >= 100:
         evidence.append(f"Adam's largest effective step rose from {_fmt(eff[back])} "
                         f"to {_fmt(eff[ie])} between steps {int(run.steps[back])} "

@@ -33,7 +33,7 @@ setup(
             "tb-stability = tb_stability.cli:main",
         ],
         "tensorboard_plugins": [
-            "tb_stability = tb_stability.plugin:StabilityLoader",
+            "tb_stability = tb_stability.server.plugin:StabilityLoader",
         ],
     },
 )

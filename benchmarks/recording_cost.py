@@ -43,7 +43,7 @@ def run(name, reps, calls):
     import keras
 
     import overhead
-    from tb_stability import _recorder
+    from tb_stability.record import recorder as _recorder
 
     model, _, _ = overhead.build(name)
     variables = model.trainable_variables

@@ -176,7 +176,7 @@ def run_writer(variables, steps, spe=1, flag_rate=1e-4, width=8, seed=0):
     training: ring buffers filled directly, flushed as the callback does."""
     import keras
     import tensorflow as tf
-    from tb_stability import _recorder
+    from tb_stability.record import recorder as _recorder
 
     keras.utils.set_random_seed(0)
     model = build_model(variables, width)

@@ -96,7 +96,7 @@ def run_all(logdir, log=print, only=None):
 def serve(logdir, port):
     """Starts TensorBoard (with the tb_stability plugin) and blocks."""
     from tensorboard import default, program
-    from tb_stability.plugin import StabilityLoader
+    from tb_stability.server.plugin import StabilityLoader
 
     plugins = default.get_plugins()
     if not any(getattr(p, "__name__", "") == "StabilityLoader"

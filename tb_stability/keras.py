@@ -22,8 +22,9 @@ import weakref
 import keras
 import tensorflow as tf
 
-from tb_stability import _recorder
-from tb_stability import _slots
+from tb_stability.record import recorder as _recorder
+from tb_stability.record import keras_internals as _slots
+from tb_stability.config import RecorderConfig
 
 logger = logging.getLogger("tb_stability")
 
@@ -39,7 +40,7 @@ class _Instrumentation:
         self.inner, self.lso = _slots.unwrap(optimizer)
         self.model = None
         self.recorder = None
-        self.recorder_kwargs = {}
+        self.settings = None  # (RecorderConfig, steps_per_call)
         self.logdir = None
         self.traced = False
         self.disabled = False
@@ -232,10 +233,10 @@ def _in_current_graph(tensor):
 def _make_recorder(inst, variables):
     with tf.init_scope():
         initial_step = int(tf.convert_to_tensor(inst.optimizer.iterations).numpy())
+    config, steps_per_call = inst.settings
     return _recorder.Recorder(
-        inst.logdir, inst.optimizer, variables, initial_step=initial_step,
-        **inst.recorder_kwargs
-    )
+        inst.logdir, inst.optimizer, variables, config,
+        steps_per_call=steps_per_call, initial_step=initial_step)
 
 
 class StabilityCallback(keras.callbacks.Callback):
@@ -254,24 +255,13 @@ class StabilityCallback(keras.callbacks.Callback):
 
     Arguments:
       logdir: the run's log directory (its event file goes there).
-      window: steps per written window (default 256).
-      detail_before, detail_after: per-variable detail kept around each step
-        the online detector flags (defaults 32 and 8).
-      first_steps: per-variable detail kept for the first steps (50).
-      loss_z, grad_z, rms_threshold: detector thresholds (see FORMAT.md).
-      flush_secs: longest time between two writes of a live run (30 s).
-      stats_every: steps between two computations of the per-variable
-        statistics other than the gradient norms (weights, update ratios,
-        Adam's moments; default 8, NaN on the steps between). Every step is
-        computed during the first steps, from a step whose loss or gradient
-        norm leaves its usual range until `detail_after` steps after the
-        last flagged one, and on non-finite steps. The loss, gradient norms
-        and the detector run every step. 1: every step.
-      full_detail: keep every step's per-variable rows instead of only those
-        around flagged steps, computed over every entry of every tensor (not
-        a sample of the large ones), with the median of sqrt(v_hat)/eps every
-        step instead of every 10th: more disk and a slower step, for short
-        runs or when every step must be inspectable.
+      config: a `tb_stability.config.RecorderConfig` (default: its
+        defaults: a 256-step window, detail around flagged steps, the
+        per-variable statistics other than gradient norms every 8 steps).
+      **options: `RecorderConfig` fields overriding `config`'s, for example
+        `stats_every=1` (every statistic every step) or `full_detail=True`
+        (every step's per-variable rows, exact). An unknown name raises
+        TypeError.
     """
 
     # Keras may run on_train_batch_end in a worker thread instead of
@@ -280,17 +270,10 @@ class StabilityCallback(keras.callbacks.Callback):
     # once per window, under a lock, reading rows the step no longer writes.
     async_safe = True
 
-    def __init__(self, logdir, *, window=256, detail_before=32, detail_after=8,
-                 first_steps=50, loss_z=6.0, grad_z=6.0, rms_threshold=10.0,
-                 flush_secs=30.0, stats_every=8, full_detail=False):
+    def __init__(self, logdir, config=None, **options):
         super().__init__()
         self.logdir = str(logdir)
-        self._recorder_kwargs = dict(
-            window=window, detail_before=detail_before,
-            detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
-            grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
-            stats_every=stats_every, full_detail=full_detail,
-        )
+        self.config = (config or RecorderConfig()).replace(**options)
         self._inst = None
         self._steps_since_flush = 0
         self._count_lock = threading.Lock()
@@ -324,16 +307,16 @@ class StabilityCallback(keras.callbacks.Callback):
             _INSTRUMENTED[optimizer] = inst
         inst.hook_model(model)
         inst.disabled = False
-        kwargs = dict(self._recorder_kwargs, steps_per_call=spe)
+        settings = (self.config, spe)
         if inst.recorder is not None and (
-            inst.recorder_kwargs != kwargs or inst.logdir != self.logdir
+            inst.settings != settings or inst.logdir != self.logdir
         ):
             # Another configuration: start a fresh recorder (steps continue
             # from the optimizer's iterations) and retrace the step.
             inst.recorder.close()
             inst.recorder = None
             inst.traced = False
-        inst.recorder_kwargs = kwargs
+        inst.settings = settings
         inst.logdir = self.logdir
         strategy = model.distribute_strategy
         with strategy.scope():

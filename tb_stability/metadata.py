@@ -1,13 +1,12 @@
 """What tb_stability writes into event files: plugin name, tags, axes.
 
 This module is the single source of truth for the on-disk format described in
-``FORMAT.md``. It imports TensorBoard's protobuf definitions but never
-TensorFlow, so the plugin and the analysis can use it too.
+``FORMAT.md``. It is plain Python: TensorBoard's protobuf definitions are
+imported only to build a summary's metadata, and never TensorFlow, so the
+plugin and the NumPy-only analysis can use it too.
 """
 
 import json
-
-from tensorboard.compat.proto import summary_pb2
 
 PLUGIN_NAME = "tb_stability"
 
@@ -66,6 +65,10 @@ STAT_COLUMNS = (
     "moment_nonfinite",  # count of NaN/Inf entries in m and v
 )
 
+# Column index by name, the one map every reader and writer uses.
+GLOBAL = {name: i for i, name in enumerate(GLOBAL_COLUMNS)}
+STAT = {name: i for i, name in enumerate(STAT_COLUMNS)}
+
 # Aggregations along the last axis of TAG_LAYERS_WINDOW.
 WINDOW_AGGREGATES = ("max", "mean")
 
@@ -78,13 +81,16 @@ FLAG_GRAD_OUTLIER = 2
 FLAG_NONFINITE = 4
 FLAG_RMS_RATIO = 8
 FLAG_LOSS_RISE = 16
-FLAG_NAMES = {
-    FLAG_LOSS_JUMP: "loss_jump",
-    FLAG_GRAD_OUTLIER: "grad_outlier",
-    FLAG_NONFINITE: "nonfinite",
-    FLAG_RMS_RATIO: "rms_ratio",
-    FLAG_LOSS_RISE: "loss_rise",
-}
+
+
+def layer_of(variable: str) -> str:
+    """The layer of a variable path: `model/dense_1/kernel` -> `model/dense_1`.
+
+    The one rule for grouping variables by layer (the analysis, the plugin
+    and the tab all use it); a name without a `/` is its own layer.
+    """
+    head, sep, _ = variable.rpartition("/")
+    return head if sep else variable
 
 
 def create_summary_metadata(series, description=None):
@@ -100,6 +106,8 @@ def create_summary_metadata(series, description=None):
       whose `data_class` is always set (TensorBoard drops third-party series
       without one).
     """
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+
     if series not in SERIES_BY_TAG.values():
         raise ValueError(f"Unknown tb_stability series: {series!r}")
     content = json.dumps(

@@ -15,7 +15,8 @@ import logging
 
 import tensorflow as tf
 
-from tb_stability import _recorder
+from tb_stability.config import RecorderConfig
+from tb_stability.record import recorder as _recorder
 
 logger = logging.getLogger("tb_stability")
 
@@ -33,8 +34,9 @@ class Monitor:
       input_features: number of input features, needed only when `record`
         gets `inputs=` under a distribution strategy (elsewhere it is read
         from the first batch).
-      window, detail_before, detail_after, first_steps, loss_z, grad_z,
-        rms_threshold, flush_secs, stats_every, full_detail: as for
+      config: a `tb_stability.config.RecorderConfig` (default: its
+        defaults).
+      **options: `RecorderConfig` fields overriding `config`'s, as for
         `keras.StabilityCallback`.
 
     Usable as a context manager: leaving it writes everything and closes the
@@ -42,18 +44,11 @@ class Monitor:
     """
 
     def __init__(self, logdir, optimizer, variables, *, input_features=None,
-                 window=256, detail_before=32, detail_after=8, first_steps=50,
-                 loss_z=6.0, grad_z=6.0, rms_threshold=10.0, flush_secs=30.0,
-                 stats_every=8, full_detail=False):
+                 config=None, **options):
         self.logdir = str(logdir)
         self.optimizer = optimizer
         self.variables = list(variables)
-        self._kwargs = dict(
-            window=window, detail_before=detail_before,
-            detail_after=detail_after, first_steps=first_steps, loss_z=loss_z,
-            grad_z=grad_z, rms_threshold=rms_threshold, flush_secs=flush_secs,
-            stats_every=stats_every, full_detail=full_detail,
-        )
+        self.config = (config or RecorderConfig()).replace(**options)
         self._input_features = input_features
         self._recorder = None
         self._pending = 0
@@ -76,9 +71,8 @@ class Monitor:
             shape = inputs.shape
             features = 1 if len(shape) == 0 else int(shape[-1])
         self._recorder = _recorder.Recorder(
-            self.logdir, self.optimizer, self.variables,
-            input_features=features, **self._kwargs
-        )
+            self.logdir, self.optimizer, self.variables, self.config,
+            input_features=features)
 
     def record(self, step, loss, gradients, *, batch_size=None, inputs=None):
         """Records one step; call it after the gradients were applied.

@@ -22,9 +22,9 @@ import json
 
 import tensorflow as tf
 
-from tb_stability import _stats
+from tb_stability.record import stats as _stats
 from tb_stability import metadata
-from tb_stability._slots import OptimizerAdapter
+from tb_stability.record.keras_internals import OptimizerAdapter
 
 __all__ = [
     "run_info",

@@ -92,7 +92,7 @@ def tensorboard_app(logdir):
     from tensorboard.backend.event_processing import data_ingester
     from tensorboard.plugins import base_plugin
 
-    from tb_stability.plugin import StabilityLoader
+    from tb_stability.server.plugin import StabilityLoader
 
     tb = program.TensorBoard(plugins=default.get_static_plugins() + [StabilityLoader])
     tb.configure(argv=["", "--logdir", str(logdir), "--reload_interval", "0",

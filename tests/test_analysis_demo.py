@@ -93,14 +93,14 @@ def test_loader_through_tensorboards_data_provider(demo_logs):
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider
     from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
-    from tb_stability.analysis import reader
+    from tb_stability.events.provider import load_from_provider
 
     logdir = str(demo_logs[0])
     multiplexer = pem.EventMultiplexer(tensor_size_guidance={"tb_stability": 0})
     multiplexer.AddRunsFromDirectory(logdir)
     multiplexer.Reload()
     provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
-    via_provider = reader.load_from_provider(
+    via_provider = load_from_provider(
         provider, context.RequestContext(), "", "seed002-bad", downsample=10**9)
     via_files = analysis.load_logdir(logdir, run="seed002-bad")["seed002-bad"]
     np.testing.assert_array_equal(via_provider.steps, via_files.steps)

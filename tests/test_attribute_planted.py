@@ -5,7 +5,7 @@ import numpy as np
 from tb_stability import metadata
 from tb_stability.analysis import causes
 from tb_stability.analysis.report import analyze_run
-from tb_stability.analysis.series import GLOBAL, STAT, RunData
+from tb_stability.events.series import GLOBAL, STAT, RunData
 
 V = 6  # three Dense layers: kernel, bias
 

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-from tb_stability import _recorder, metadata
+from tb_stability import metadata
+from tb_stability.record import recorder as _recorder
 
 
 @pytest.fixture

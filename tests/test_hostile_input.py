@@ -23,8 +23,9 @@ from werkzeug import test as wtest
 
 from benchmarks.synthetic import write_run
 from conftest import no_bare_nan, reload_logdir, tensorboard_app
-from tb_stability import analysis, metadata, plugin_data
-from tb_stability.analysis import reader
+from tb_stability import analysis, metadata
+from tb_stability.server import payloads
+from tb_stability.events import reader
 
 BASE = "/data/plugin/tb_stability"
 ROUTES = ("/timeline", "/anomaly", "/layers")
@@ -469,7 +470,7 @@ def test_odd_run_names_round_trip(client):
 
 def test_names_are_data_in_error_messages(client):
     """A name that is not a run comes back JSON-quoted, never as markup."""
-    from tb_stability.plugin import _quote
+    from tb_stability.server.plugin import _quote
 
     for name in NAMES:
         status, text, _ = _get(client, "/timeline", run=name + "-missing")
@@ -525,9 +526,9 @@ def test_wide_run_routes_answer_in_time(wide):
     assert wide["/layers"][3]["variables"] == WIDE_VARIABLES
     assert wide["/layers"][2] < 5e6  # ~240 bytes a variable
     facts = wide["/anomaly"][3]
-    assert facts["variables"] == plugin_data.MAX_ROWS < WIDE_VARIABLES
-    assert facts["steps"] == 41 <= plugin_data.MAX_ANOMALY_COLUMNS
-    assert set(facts["rows"].values()) == {plugin_data.MAX_ROWS}
+    assert facts["variables"] == payloads.MAX_ROWS < WIDE_VARIABLES
+    assert facts["steps"] == 41 <= payloads.MAX_ANOMALY_COLUMNS
+    assert set(facts["rows"].values()) == {payloads.MAX_ROWS}
 
 
 def test_wide_run_anomaly_payload_is_bounded(wide):
@@ -538,7 +539,7 @@ def test_wide_run_anomaly_payload_is_bounded(wide):
     facts = wide["/anomaly"][3]
     assert facts["total"] == WIDE_VARIABLES
     index = facts["index"]
-    assert len(index) == plugin_data.MAX_ROWS and index == sorted(set(index))
+    assert len(index) == payloads.MAX_ROWS and index == sorted(set(index))
     assert 0 <= index[0] and index[-1] < WIDE_VARIABLES
     # The synthetic run names its variables model/layer_<i // 2>/kernel|bias.
     assert facts["names"] == [f"model/layer_{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}"

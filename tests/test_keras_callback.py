@@ -137,7 +137,7 @@ def test_adam_family_full_internals(name, logdir):
 
 @pytest.mark.parametrize("name", ["sgd", "rmsprop"])
 def test_other_optimizers_gradients_and_weights_only(name, logdir, caplog):
-    from tb_stability import _recorder
+    from tb_stability.record import recorder as _recorder
 
     _recorder.warn_once._seen.clear()
     with caplog.at_level(logging.WARNING, logger="tb_stability"):
@@ -185,7 +185,7 @@ def test_mixed_precision_loss_scale(logdir):
      ("_process", OSError("disk full"))],  # in the host-side writing
 )
 def test_failure_never_stops_training(method, error, logdir, caplog, monkeypatch):
-    from tb_stability import _recorder
+    from tb_stability.record import recorder as _recorder
 
     def broken(self, *a, **k):
         raise error

@@ -4,13 +4,15 @@ import sys
 
 import pytest
 
+from tensorboard.compat.proto import summary_pb2
+
 from tb_stability import metadata
 
 
 def test_create_and_parse_round_trip():
     md = metadata.create_summary_metadata("global", description="d")
     assert md.plugin_data.plugin_name == "tb_stability"
-    assert md.data_class == metadata.summary_pb2.DATA_CLASS_TENSOR
+    assert md.data_class == summary_pb2.DATA_CLASS_TENSOR
     parsed = metadata.parse_plugin_metadata(md.plugin_data.content)
     assert parsed == {"version": metadata.CONTENT_VERSION, "series": "global"}
     assert md.summary_description == "d"
@@ -47,7 +49,7 @@ def test_parse_accepts_newer_fields():
 
 def test_import_does_not_import_tensorflow():
     code = (
-        "import sys, tb_stability, tb_stability.plugin, tb_stability.metadata,"
+        "import sys, tb_stability, tb_stability.server.plugin, tb_stability.metadata,"
         " tb_stability.analysis, tb_stability.cli;"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )

@@ -5,7 +5,7 @@ import keras
 
 import tb_stability
 from tb_stability import metadata
-from tb_stability.plugin import StabilityLoader
+from tb_stability.server.plugin import StabilityLoader
 from conftest import G, S, global_table, read_run
 
 STEPS = 5000

@@ -10,7 +10,8 @@ from werkzeug import test as wtest
 
 from benchmarks.synthetic import write_run
 from conftest import no_bare_nan, reload_logdir, tensorboard_app
-from tb_stability import analysis, plugin_data
+from tb_stability import analysis
+from tb_stability.server import payloads
 
 BASE = "/data/plugin/tb_stability"
 HTML_RUN = '<img src=x onerror="alert(1)">'
@@ -268,7 +269,7 @@ def test_plugin_data_is_numpy_only():
     import subprocess
     import sys
 
-    code = ("import sys, tb_stability.plugin_data; "
+    code = ("import sys, tb_stability.server.payloads; "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout.strip()
@@ -277,19 +278,19 @@ def test_plugin_data_is_numpy_only():
 
 def test_bucket_starts_by_step_range():
     steps = np.arange(10_000) * 3
-    starts = plugin_data.bucket_starts(steps, 100)
+    starts = payloads.bucket_starts(steps, 100)
     assert len(starts) == 100 and starts[0] == 0
     assert np.all(np.diff(starts) == 100)
     sparse = np.array([0, 1, 2, 1000, 1001])
-    assert list(plugin_data.bucket_starts(sparse, 2)) == [0, 3]
-    assert list(plugin_data.bucket_starts(sparse, 10)) == [0, 1, 2, 3, 4]
+    assert list(payloads.bucket_starts(sparse, 2)) == [0, 3]
+    assert list(payloads.bucket_starts(sparse, 10)) == [0, 1, 2, 3, 4]
 
 
 def test_encode_array():
-    assert plugin_data.encode_array([1.0, np.nan, np.inf, -np.inf]) == \
+    assert payloads.encode_array([1.0, np.nan, np.inf, -np.inf]) == \
         [1.0, "NaN", "Infinity", "-Infinity"]
-    assert plugin_data.encode_array([[np.nan], [2.0]]) == [["NaN"], [2.0]]
-    assert json.dumps(plugin_data.encode_json({"a": (float("nan"),)}),
+    assert payloads.encode_array([[np.nan], [2.0]]) == [["NaN"], [2.0]]
+    assert json.dumps(payloads.encode_json({"a": (float("nan"),)}),
                       allow_nan=False) == '{"a": ["NaN"]}'
 
 
@@ -299,7 +300,7 @@ def _wide_run(n_vars, steps=100, seed=0):
     """A RunData with `n_vars` quiet variables (noise around 1) and per-step
     detail on every step."""
     from tb_stability import metadata
-    from tb_stability.analysis.series import GLOBAL, STAT, RunData
+    from tb_stability.events.series import GLOBAL, STAT, RunData
 
     rng = np.random.default_rng(seed)
     glob = np.ones((steps, len(metadata.GLOBAL_COLUMNS)))
@@ -330,7 +331,7 @@ def _anomaly(*layers, step=50, peak=52):
 def test_wide_run_anomaly_serves_the_implicated_and_the_most_moved():
     import time
 
-    from tb_stability.analysis.series import STAT
+    from tb_stability.events.series import STAT
 
     run = _wide_run(10_000)
     d = run.detail
@@ -345,39 +346,39 @@ def test_wide_run_anomaly_serves_the_implicated_and_the_most_moved():
     d[20:, 6000, STAT["grad_norm"]] = np.nan
     implicated = ["m/l9876/kernel", "m/l42/kernel"]  # quiet, and far from the first 256
     t0 = time.monotonic()
-    payload = plugin_data.anomaly_detail(run, _anomaly(*implicated))
+    payload = payloads.anomaly_detail(run, _anomaly(*implicated))
     elapsed = time.monotonic() - t0
     body = json.dumps(payload, allow_nan=False)
     assert len(body) < 20e6 and elapsed < 10
     ev = payload["evidence"]
     index = ev["variable_index"]
-    assert ev["variables_total"] == 10_000 and len(index) == plugin_data.MAX_ROWS == 256
+    assert ev["variables_total"] == 10_000 and len(index) == payloads.MAX_ROWS == 256
     assert index == sorted(set(index))  # the model's order
     assert ev["variables"] == [run.variables[i] for i in index]
-    assert ev["layers"] == [plugin_data.layer_of(v) for v in ev["variables"]]
+    assert ev["layers"] == [payloads.layer_of(v) for v in ev["variables"]]
     hl = ev["highlight"]
     assert hl["variable"] == implicated[0] and ev["variables"][hl["index"]] == implicated[0]
     assert [ev["variables"][i] for i in ev["implicated"]] == implicated
     assert {9876, 42, 8000, 8001, 7000, *movers} <= set(index)
     assert 4000 not in index and 6000 not in index and 2000 not in index
     assert ev["steps"] == list(range(50 - 32, 52 + 9))
-    for name in plugin_data.ANOMALY_STATS:
+    for name in payloads.ANOMALY_STATS:
         matrix = ev["stats"][name]
         assert len(matrix) == 256 and all(len(row) == len(ev["steps"]) for row in matrix)
     row = index.index(5000)
-    assert ev["stats"]["grad_norm"][row] == plugin_data.encode_array(
+    assert ev["stats"]["grad_norm"][row] == payloads.encode_array(
         d[18:61, 5000, STAT["grad_norm"]])
     assert ev["stats"]["rms_ratio"][index.index(8001)][52 - 18] == "Infinity"
-    assert plugin_data.anomaly_detail(run, _anomaly(*implicated)) == payload  # deterministic
+    assert payloads.anomaly_detail(run, _anomaly(*implicated)) == payload  # deterministic
 
 
 def test_rank_variables_order():
-    from tb_stability.analysis.series import STAT
+    from tb_stability.events.series import STAT
 
     run = _wide_run(8, steps=20)
     d = run.detail
     d[:, :, :] = 1.0
-    for name in plugin_data.RANK_NONFINITE:
+    for name in payloads.RANK_NONFINITE:
         d[:, :, STAT[name]] = 0
     d[10:, 3, STAT["grad_norm"]] = 100.0  # rose two decades
     d[10:, 5, STAT["rms_ratio"]] = 10.0  # one decade
@@ -385,24 +386,24 @@ def test_rank_variables_order():
     d[11, 1, STAT["update_ratio"]] = np.inf  # from step 11: first
     d[10:, 2, STAT["grad_norm"]] = 0.0  # a drop
     d[:, 7, STAT["grad_norm"]] = np.nan  # never recorded
-    order = plugin_data.rank_variables(run.detail_steps, d, 10)
+    order = payloads.rank_variables(run.detail_steps, d, 10)
     assert order.tolist() == [1, 6, 3, 5, 0, 2, 4, 7]
     # No column before the onset: the whole window is the level.
-    assert plugin_data.rank_variables(run.detail_steps, d, 0)[:2].tolist() == [1, 6]
-    assert plugin_data.rank_variables(run.detail_steps[:0], d[:0], 10).tolist() == \
+    assert payloads.rank_variables(run.detail_steps, d, 0)[:2].tolist() == [1, 6]
+    assert payloads.rank_variables(run.detail_steps[:0], d[:0], 10).tolist() == \
         list(range(8))
 
 
 def test_runs_up_to_max_rows_are_served_whole(monkeypatch):
-    run = _wide_run(plugin_data.MAX_ROWS)
-    ev = plugin_data.anomaly_detail(run, _anomaly("m/l200/kernel"))["evidence"]
-    assert ev["variables"] == run.variables and ev["variables_total"] == plugin_data.MAX_ROWS
-    assert ev["variable_index"] == list(range(plugin_data.MAX_ROWS))
+    run = _wide_run(payloads.MAX_ROWS)
+    ev = payloads.anomaly_detail(run, _anomaly("m/l200/kernel"))["evidence"]
+    assert ev["variables"] == run.variables and ev["variables_total"] == payloads.MAX_ROWS
+    assert ev["variable_index"] == list(range(payloads.MAX_ROWS))
     assert ev["highlight"]["index"] == 200 and ev["implicated"] == [200]
     # One more variable than the cap: capped, the implicated one kept.
-    monkeypatch.setattr(plugin_data, "MAX_ROWS", 4)
+    monkeypatch.setattr(payloads, "MAX_ROWS", 4)
     run.detail[50:, 7, 0] *= 10.0  # grad_norm (column 0) of m/l7/kernel rose
-    ev = plugin_data.anomaly_detail(run, _anomaly("m/l200/kernel"))["evidence"]
+    ev = payloads.anomaly_detail(run, _anomaly("m/l200/kernel"))["evidence"]
     assert ev["variables_total"] == 256 and len(ev["variables"]) == 4
     assert 7 in ev["variable_index"] and 200 in ev["variable_index"]
     assert ev["variables"][ev["highlight"]["index"]] == "m/l200/kernel"

@@ -33,8 +33,8 @@ import tb_stability
 from conftest import (free_ports, no_bare_nan, start_tensorboard, stop_process,
                       tensorboard_app)
 from tb_stability import analysis
-from tb_stability.analysis import reader
-from tb_stability.analysis.series import RunData
+from tb_stability.events import reader
+from tb_stability.events.series import RunData
 
 BATCH = 16
 N_FIRST = 1000  # steps of the first attempt: 0..999

@@ -8,8 +8,8 @@ import tensorflow as tf
 import keras
 
 from conftest import S
-from tb_stability import _stats
-from tb_stability._slots import OptimizerAdapter
+from tb_stability.record import stats as _stats
+from tb_stability.record.keras_internals import OptimizerAdapter
 
 LR, B1, B2, EPS, WD = 0.01, 0.9, 0.999, 1e-3, 0.004
 # Small, large (the median on a strided sample), small, large, one entry, rank 3.

@@ -17,7 +17,7 @@ import numpy as np
 
 from tb_stability.analysis import causes as C
 from tb_stability.analysis.detect import Anomaly
-from tb_stability.analysis.series import STAT, RunData
+from tb_stability.events.series import STAT, RunData
 
 MIN_CONFIDENCE = 0.3
 LEAD_WINDOW = 32  # steps before the peak where a leading signal may start

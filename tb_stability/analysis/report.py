@@ -16,7 +16,6 @@ import numpy as np
 from tb_stability.analysis import attribute as attribute_lib
 from tb_stability.analysis import causes as causes_lib
 from tb_stability.analysis import detect as detect_lib
-from tb_stability.analysis import reader
 
 
 def _finite_or_none(x):
@@ -79,6 +78,8 @@ def sanitize(value):
 
 def report_logdir(logdir, run=None):
     """The full report of a logdir (optionally one run)."""
+    from tb_stability.events import reader  # pylint: disable=import-outside-toplevel
+
     runs = reader.load_logdir(logdir, run=run)
     return sanitize({"logdir": str(logdir),
                      "runs": [run_report(runs[name]) for name in sorted(runs)]})

@@ -24,15 +24,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from tb_stability import _stats
+from tb_stability.record import stats as _stats
 from tb_stability import metadata
 from tb_stability import summary
-from tb_stability._slots import OptimizerAdapter
+from tb_stability.config import RecorderConfig
+from tb_stability.record.keras_internals import OptimizerAdapter
 
 logger = logging.getLogger("tb_stability")
 
-_G = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
-_S = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
 _LOG_FLOOR = 1e-38
 _LN2 = math.log(2.0)
 _LN10 = math.log(10.0)
@@ -101,82 +100,39 @@ class Recorder:
         Under a multi-worker strategy only the chief writes (`is_chief`).
       optimizer: the Keras optimizer (possibly a `LossScaleOptimizer`).
       variables: the trainable variables, in a fixed order.
-      window: steps per written window (global rows and per-variable
-        aggregates are written once per window).
-      detail_before, detail_after: per-variable rows kept around each step
-        the detector flags.
-      first_steps: per-variable rows kept for the first steps recorded.
+      config: a `RecorderConfig` (default: its defaults).
       steps_per_call: steps that may run between two host calls (Keras's
         `steps_per_execution`); sizes the rings.
       input_features: number of input features when inputs are recorded.
-      loss_z, grad_z: detector z-score thresholds (log space) for a loss jump
-        and a gradient-norm outlier.
-      rms_threshold: detector threshold on RMS(g^2/v_hat), crossed on two
-        consecutive steps.
-      stats_every: steps between two computations of the per-variable
-        statistics other than the gradient norms (weights, update ratios,
-        Adam's moments); the steps between have NaN there. Every step is
-        computed anyway during the first steps, from a step whose loss or
-        gradient norm leaves its usual range (3 running standard deviations)
-        or that the detector flags until `detail_after` steps after it, and
-        on steps with a non-finite loss or gradient. 1 computes every step.
-      median_every: steps between two medians of sqrt(v_hat)/eps (rounded
-        up to a multiple of `stats_every`; also on every step computed
-        because of an anomaly).
-      full_detail: keep every step's per-variable rows, not only those
-        around flagged steps (about `variables * 44` more bytes per step on
-        disk), computed every step over every entry of every tensor (not on
-        a sample of large tensors), with the median every step.
       initial_step: the step of the first row when steps are not given.
-      flush_secs: a partial window is written when this many seconds passed
-        since the last write, so a live run shows up in TensorBoard.
+      **options: `RecorderConfig` fields overriding `config`'s.
     """
 
-    def __init__(
-        self,
-        logdir,
-        optimizer,
-        variables,
-        *,
-        window=256,
-        detail_before=32,
-        detail_after=8,
-        first_steps=50,
-        steps_per_call=1,
-        input_features=None,
-        loss_z=6.0,
-        grad_z=6.0,
-        rms_threshold=10.0,
-        stats_every=8,
-        median_every=10,
-        full_detail=False,
-        initial_step=0,
-        flush_secs=30.0,
-    ):
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+    def __init__(self, logdir, optimizer, variables, config=None, *,
+                 steps_per_call=1, input_features=None, initial_step=0,
+                 **options):
+        config = (config or RecorderConfig()).replace(**options)
         if logdir is not None and not is_chief():
             # Every worker computes the statistics (the all-reduces need all
             # of them); only the chief writes.
             logger.info("tb_stability: not the chief worker; writing nothing")
             logdir = None
+        self.config = config
         self.logdir = logdir
         self.adapter = OptimizerAdapter(optimizer)
         self.variables = list(variables)
         self.names = [getattr(v, "path", None) or v.name for v in self.variables]
-        self.window = int(window)
-        self.detail_before = int(detail_before)
-        self.detail_after = int(detail_after)
-        self.first_steps = int(first_steps)
-        self.loss_z = float(loss_z)
-        self.grad_z = float(grad_z)
-        self.rms_threshold = float(rms_threshold)
-        self.full_detail = bool(full_detail)
-        self.stats_every = 1 if self.full_detail else max(1, int(stats_every))
-        every = max(1, int(median_every))
-        self.median_every = 1 if self.full_detail else (
-            -(-every // self.stats_every) * self.stats_every)
-        self.flush_secs = float(flush_secs)
+        self.window = config.window
+        self.detail_before = config.detail_before
+        self.detail_after = config.detail_after
+        self.first_steps = config.first_steps
+        self.loss_z = config.loss_z
+        self.grad_z = config.grad_z
+        self.rms_threshold = config.rms_threshold
+        self.full_detail = config.full_detail
+        self.stats_every = config.effective_stats_every
+        self.median_every = config.effective_median_every
+        self.flush_secs = config.flush_secs
         self.input_features = input_features
         self.capacity = 2 * (self.window + max(1, int(steps_per_call))) + 64
         self._vstats = _stats.VariableStats(
@@ -535,17 +491,7 @@ class Recorder:
             "stat_columns": list(metadata.STAT_COLUMNS),
             "global_columns": list(metadata.GLOBAL_COLUMNS),
             "window_aggregates": list(metadata.WINDOW_AGGREGATES),
-            "window": self.window,
-            "detail_before": self.detail_before,
-            "detail_after": self.detail_after,
-            "first_steps": self.first_steps,
-            "full_detail": self.full_detail,
-            "stats_every": self.stats_every,
-            "detector": {
-                "loss_z": self.loss_z,
-                "grad_z": self.grad_z,
-                "rms_threshold": self.rms_threshold,
-            },
+            **self.config.to_run_info(),
             "input_kernel": None
             if self._vstats.input_index is None
             else self.names[self._vstats.input_index],
@@ -618,7 +564,7 @@ class Recorder:
                 summary.run_info(None, info, step=int(steps[0]))
             self._info_written = True
 
-        flags = glob[:, _G["flags"]]
+        flags = glob[:, metadata.GLOBAL["flags"]]
         for r, f in zip(range(start, count), flags):
             if f != 0:
                 self._flag_rows.append(r)
@@ -673,7 +619,7 @@ class Recorder:
         if first_step <= 0 or self.logdir is None:
             return []
         try:
-            from tb_stability.analysis import reader  # pure NumPy, lazy
+            from tb_stability.events import reader  # pure NumPy, lazy
 
             events = reader.read_tags(self.logdir).get(metadata.TAG_GLOBAL, [])
         except Exception as e:  # pylint: disable=broad-except

@@ -12,7 +12,7 @@ from tensorflow.core.framework import attr_value_pb2
 
 from tb_stability import metadata
 
-_S = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
+_S = metadata.STAT
 _TINY = 1e-30
 # Entries sampled (strided) per tensor for the median of sqrt(v_hat)/eps.
 MEDIAN_SAMPLE = 256

@@ -15,9 +15,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tb_stability import metadata
+from tb_stability.metadata import layer_of
 from tb_stability.analysis import causes as causes_lib
 from tb_stability.analysis import report as report_lib
-from tb_stability.analysis.series import GLOBAL, STAT, RunData
+from tb_stability.events.series import GLOBAL, STAT, RunData
 
 MAX_WIDTH = 10_000
 DEFAULT_WIDTH = 1000
@@ -80,12 +81,6 @@ def encode_json(value):
     if isinstance(value, (list, tuple)):
         return [encode_json(v) for v in value]
     return value
-
-
-def layer_of(variable: str) -> str:
-    """The layer of a variable path: `model/dense_1/kernel` -> `model/dense_1`."""
-    head, sep, _ = variable.rpartition("/")
-    return head if sep else variable
 
 
 def _titled(cause: Dict) -> Dict:
@@ -192,19 +187,6 @@ def _columns(steps: np.ndarray, onset: int, peak: int,
     return np.unique(np.concatenate([near_onset, near_peak]))
 
 
-def _info_int(run: RunData, key: str, default: int, lo: int) -> int:
-    """An integer setting from run_info, at least `lo`; `default` if unusable."""
-    try:
-        return max(int(run.info.get(key, default)), lo)
-    except (TypeError, ValueError):
-        return default
-
-
-def _detail_span(run: RunData):
-    """(steps before, steps after) a flagged step the writer keeps detail."""
-    return _info_int(run, "detail_before", 32, 0), _info_int(run, "detail_after", 8, 0)
-
-
 def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
     """(steps, [k, vars, stats], resolution) around an anomaly.
 
@@ -212,12 +194,13 @@ def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
     `detail_after` after the peak when the writer kept them; otherwise the
     per-window maxima over the same range widened by two windows.
     """
-    before, after = _detail_span(run)
+    config = run.config
+    before, after = config.detail_before, config.detail_after
     steps, rows = run.detail_between(onset - before, peak + after)
     if len(steps) >= 2:
         cols = _columns(steps, onset, peak)
         return steps[cols], rows[cols], "step"
-    window = _info_int(run, "window", 256, 1)
+    window = config.window
     ws = run.window_steps
     if not len(ws) or run.window.ndim != 4:
         return steps, rows, "step"
@@ -324,7 +307,8 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
         if rows.ndim == 3 and len(steps):
             # variables x steps, only the served rows
             stats[name] = encode_array(rows[:, served, STAT[name]].T)
-    before, after = _detail_span(run)
+    config = run.config
+    before, after = config.detail_before, config.detail_after
     lo, hi = anomaly["step"] - before, anomaly["peak_step"] + after
     if len(steps):
         lo, hi = min(lo, int(steps[0])), max(hi, int(steps[-1]))
@@ -347,7 +331,7 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
             "steps": steps.tolist(),
             "variables": variables,
             "variables_total": n_vars,
-            "stats_every": _info_int(run, "stats_every", 1, 1),
+            "stats_every": run.config.stats_every,
             "variable_index": served.tolist(),
             "implicated": list(dict.fromkeys(position[i] for i in implicated if i in position)),
             "layers": [layer_of(v) for v in variables],

@@ -17,9 +17,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tb_stability import metadata
+from tb_stability.config import RecorderConfig
 
-GLOBAL = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
-STAT = {name: i for i, name in enumerate(metadata.STAT_COLUMNS)}
+GLOBAL = metadata.GLOBAL
+STAT = metadata.STAT
 
 
 def _not_rewound(steps, chunk_of, chunk_first):
@@ -136,6 +137,11 @@ class RunData:
         lo = int(np.searchsorted(self.detail_steps, first))
         hi = int(np.searchsorted(self.detail_steps, last, side="right"))
         return self.detail_steps[lo:hi], self.detail[lo:hi]
+
+    @property
+    def config(self) -> RecorderConfig:
+        """The recorder settings the run was written with (run_info)."""
+        return RecorderConfig.from_run_info(self.info)
 
     @property
     def optimizer(self) -> Dict:

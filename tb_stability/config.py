@@ -1,0 +1,135 @@
+"""The recorder's settings, defined once (plain Python, no TensorFlow).
+
+`StabilityCallback`, `Monitor` and the recorder take these as keyword
+options; the recorder writes them into the run's `run_info`, and the plugin
+reads them back from there with `RecorderConfig.from_run_info`, so a default
+is written in this file and nowhere else.
+"""
+
+import dataclasses
+from typing import Any, Dict, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class RecorderConfig:
+    """What is recorded, when, and how the online detector decides.
+
+    Attributes:
+      window: steps per written window: the global rows and the per-variable
+        aggregates are written once per window.
+      detail_before: per-variable rows kept before each step the online
+        detector flags.
+      detail_after: per-variable rows kept after each flagged step (and
+        steps computed in full after it).
+      first_steps: per-variable rows kept for the first steps recorded.
+      loss_z: detector threshold, in running standard deviations of the log
+        loss, for a loss jump.
+      grad_z: the same for a gradient-norm outlier.
+      rms_threshold: detector threshold on RMS(g^2/v_hat), crossed on two
+        consecutive computed steps.
+      stats_every: steps between two computations of the per-variable
+        statistics other than the gradient norms (weights, update ratios,
+        Adam's moments); the steps between have NaN there. Every step is
+        computed during the first steps, from a step whose loss or gradient
+        norm leaves its usual range until `detail_after` steps after the
+        last flagged one, and on non-finite steps. 1 computes every step.
+      median_every: steps between two medians of sqrt(v_hat)/eps (rounded up
+        to a multiple of `stats_every`; also on every step computed because
+        of an anomaly).
+      full_detail: keep every step's per-variable rows, computed every step
+        over every entry of every tensor (not a sample of the large ones),
+        with the median every step: more disk and a slower step.
+      flush_secs: a partial window is written when this many seconds passed
+        since the last write, so a live run shows up in TensorBoard.
+    """
+
+    window: int = 256
+    detail_before: int = 32
+    detail_after: int = 8
+    first_steps: int = 50
+    loss_z: float = 6.0
+    grad_z: float = 6.0
+    rms_threshold: float = 10.0
+    stats_every: int = 8
+    median_every: int = 10
+    full_detail: bool = False
+    flush_secs: float = 30.0
+
+    def __post_init__(self):
+        """Checks the ranges and normalises the types."""
+        for name in ("window", "stats_every", "median_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("detail_before", "detail_after", "first_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _TYPES[field.name](value))
+
+    @property
+    def effective_stats_every(self) -> int:
+        """`stats_every`, or 1 under `full_detail`."""
+        return 1 if self.full_detail else self.stats_every
+
+    @property
+    def effective_median_every(self) -> int:
+        """`median_every` rounded up to a multiple of the statistics' period."""
+        every = self.effective_stats_every
+        if self.full_detail:
+            return 1
+        return -(-self.median_every // every) * every
+
+    def replace(self, **options) -> "RecorderConfig":
+        """A copy with `options` changed (a TypeError names an unknown one)."""
+        unknown = sorted(set(options) - set(_TYPES))
+        if unknown:
+            raise TypeError(
+                f"unknown tb_stability option(s): {', '.join(unknown)}; "
+                f"known: {', '.join(_TYPES)}")
+        return dataclasses.replace(self, **options)
+
+    def to_run_info(self) -> Dict[str, Any]:
+        """The settings as `run_info` stores them (FORMAT.md)."""
+        return {
+            "window": self.window,
+            "detail_before": self.detail_before,
+            "detail_after": self.detail_after,
+            "first_steps": self.first_steps,
+            "full_detail": self.full_detail,
+            "stats_every": self.effective_stats_every,
+            "median_every": self.effective_median_every,
+            "detector": {
+                "loss_z": self.loss_z,
+                "grad_z": self.grad_z,
+                "rms_threshold": self.rms_threshold,
+            },
+        }
+
+    @classmethod
+    def from_run_info(cls, info: Mapping) -> "RecorderConfig":
+        """The settings a run was recorded with, read back leniently.
+
+        A missing or unusable value takes its default, except `stats_every`:
+        runs written before it existed computed every step, so it is 1 there.
+        """
+        info = info if isinstance(info, Mapping) else {}
+        detector = info.get("detector")
+        detector = detector if isinstance(detector, Mapping) else {}
+        values = {}
+        for name in _TYPES:
+            raw = detector.get(name) if name in _DETECTOR else info.get(name)
+            if name == "stats_every" and raw is None:
+                raw = 1
+            if raw is None or isinstance(raw, (dict, list, str)):
+                continue
+            try:
+                candidate = cls().replace(**{name: raw})
+            except (TypeError, ValueError, OverflowError):
+                continue
+            values[name] = getattr(candidate, name)
+        return cls(**values)
+
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(RecorderConfig)}
+_DETECTOR = ("loss_z", "grad_z", "rms_threshold")

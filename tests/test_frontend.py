@@ -25,7 +25,7 @@ FRONTEND = REPO / "frontend"
 STATIC = REPO / "tb_stability" / "static"
 ARTIFACTS = REPO / "test-artifacts"
 UPLOT = FRONTEND / "node_modules" / "uplot"
-VENDOR = {  # as in frontend/build.mjs
+VENDOR = {  # as in frontend/vendor.mjs
     "vendor/uplot/uPlot.esm.js": "dist/uPlot.esm.js",
     "vendor/uplot/uPlot.min.css": "dist/uPlot.min.css",
     "vendor/uplot/LICENSE": "LICENSE",
@@ -52,25 +52,20 @@ def _need(what, ok):
     pytest.skip(f"{what} missing")
 
 
-def test_built_files_match_sources():
-    src = _files(FRONTEND / "src")
-    built = _files(STATIC)
-    assert src, "frontend/src is empty"
-    problems = []
-    for rel, path in src.items():
-        if rel not in built:
-            problems.append(f"missing: tb_stability/static/{rel}")
-        elif built[rel].read_bytes() != path.read_bytes():
-            problems.append(f"differs: tb_stability/static/{rel}")
+def test_one_frontend_source_and_pinned_vendor():
+    """tb_stability/static is the tab's only source (nothing under frontend/
+    repeats a file of it) and its vendored uPlot is the pinned npm package."""
+    served = _files(STATIC)
+    assert "index.js" in served and "model.js" in served
+    tooling = {p.name for p in FRONTEND.rglob("*")
+               if p.is_file() and "node_modules" not in p.parts}
+    repeated = [rel for rel in served if Path(rel).name in tooling]
+    assert not repeated, f"frontend/ repeats served files: {repeated}"
     for rel, dist in VENDOR.items():
-        if rel not in built:
-            problems.append(f"missing: tb_stability/static/{rel}")
-        elif UPLOT.is_dir() and built[rel].read_bytes() != (UPLOT / dist).read_bytes():
-            problems.append(f"differs from node_modules/uplot/{dist}: tb_stability/static/{rel}")
-    for rel in built:
-        if rel not in src and rel not in VENDOR:
-            problems.append(f"not built from frontend/src: tb_stability/static/{rel}")
-    assert not problems, "run `node frontend/build.mjs`:\n" + "\n".join(problems)
+        assert rel in served, f"missing: tb_stability/static/{rel}"
+        if UPLOT.is_dir():
+            assert served[rel].read_bytes() == (UPLOT / dist).read_bytes(), \
+                f"run `node frontend/vendor.mjs`: {rel} is not uplot's {dist}"
     assert b"MIT License" in (STATIC / "vendor/uplot/LICENSE").read_bytes()
     package = json.loads((FRONTEND / "package.json").read_text())
     assert package["devDependencies"]["uplot"] == "1.6.32"
@@ -90,10 +85,11 @@ def test_index_is_the_es_module_tensorboard_loads():
         assert ".innerHTML" not in text and "insertAdjacentHTML" not in text, path
 
 
-def test_build_check_passes():
+def test_vendor_check_passes():
     node = shutil.which("node")
     _need("node", node)
-    proc = subprocess.run([node, "build.mjs", "--check"], cwd=FRONTEND,
+    _need("frontend/node_modules", UPLOT.is_dir())
+    proc = subprocess.run([node, "vendor.mjs", "--check"], cwd=FRONTEND,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import {test} from 'node:test';
 
-import {evidenceRowsNote, evidenceSparseNote, highlightRow, variableIndex} from '../../src/model.js';
+import {evidenceRowsNote, evidenceSparseNote, highlightRow, variableIndex} from '../../../tb_stability/static/model.js';
 
 const names = (n) => Array.from({length: n}, (_, i) => `m/v${i}`);
 

@@ -9,7 +9,7 @@ import {
   findAnomaly, formatLead, formatNumber, formatPercent, formatStep,
   formatStepShort, logSplits, middleEllipsis, nearestIndex, normalizeHeatmap,
   plottable, requestWidth, shapePath, shouldLog, sortAnomalies, stepAnomaly,
-} from '../../src/model.js';
+} from '../../../tb_stability/static/model.js';
 
 const PY_CAUSES = new URL('../../../tb_stability/analysis/causes.py', import.meta.url);
 
@@ -197,7 +197,7 @@ test('colormap and nearestIndex', () => {
 
 import {
   mergeTimelines, needsZoomFetch, stepsPerBucket, timelineUrl, visibleBuckets, zoomSteps, zoomWidth,
-} from '../../src/model.js';
+} from '../../../tb_stability/static/model.js';
 
 test('timelineUrl: relative, escaped, optional inclusive range', () => {
   assert.equal(timelineUrl('a b/<c>', 800), './timeline?run=a%20b%2F%3Cc%3E&width=800');
@@ -294,7 +294,7 @@ test('visibleBuckets: the buckets overlapping a window and their widths', () => 
 });
 
 test('formatStepTick: short labels only where they tell the ticks apart', async () => {
-  const {formatStepTick} = await import('../../src/model.js');
+  const {formatStepTick} = await import('../../../tb_stability/static/model.js');
   assert.equal(formatStepTick(500000, 50000), '500k');
   assert.equal(formatStepTick(499500, 500), '499,500');
   assert.equal(formatStepTick(499000, 1000), '499k');

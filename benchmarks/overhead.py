@@ -110,6 +110,7 @@ def data(name, shape, vocab, n):
 
 def callbacks(condition, logdir):
     import keras
+
     import tb_stability
 
     if condition == "tb_stability":
@@ -144,7 +145,8 @@ def timed_epoch(model, x, y, batch, cbs):
 
 class Trainer:
     """One condition's model, callbacks and log directory, kept for all
-    rounds."""
+    rounds.
+    """
 
     def __init__(self, name, condition, steps, batch, warmup):
         self.condition = condition
@@ -165,7 +167,8 @@ class Trainer:
 
 def interleaved(name, conditions, steps, batch, warmup, reps):
     """{condition: [(wall, cpu) per round]} for conditions other than
-    debugger_v2, every round timing each condition's epoch in turn."""
+    debugger_v2, every round timing each condition's epoch in turn.
+    """
     import keras
 
     trainers = [Trainer(name, c, steps, batch, warmup) for c in conditions]
@@ -184,7 +187,8 @@ def interleaved(name, conditions, steps, batch, warmup, reps):
 
 def debugger_pairs(name, steps, batch, warmup, reps):
     """{"plain": [...], "debugger_v2": [...]}: fresh models, one pair a round
-    (the debugger instruments everything traced while it is on)."""
+    (the debugger instruments everything traced while it is on).
+    """
     import keras
     import tensorflow as tf
 
@@ -210,7 +214,8 @@ def debugger_pairs(name, steps, batch, warmup, reps):
 
 def summarise(times, base):
     """Figures of one condition's [(wall, cpu)] against plain's (paired by
-    round)."""
+    round).
+    """
     wall = [w for w, _ in times]
     cpu = [c for _, c in times]
     bwall = [w for w, _ in base]

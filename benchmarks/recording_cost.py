@@ -38,11 +38,11 @@ def measure(fn, args, reps, calls):
 
 
 def run(name, reps, calls):
-    import numpy as np
-    import tensorflow as tf
     import keras
-
+    import numpy as np
     import overhead
+    import tensorflow as tf
+
     from tb_stability.record import recorder as _recorder
 
     model, _, _ = overhead.build(name)

@@ -85,6 +85,7 @@ def tag_bytes(logdir):
 def measure(logdir, steps, first_step=0, skip=1000):
     """What was written to `logdir` for steps [first_step, first_step+steps)."""
     from tensorboard.util import tensor_util
+
     from tb_stability import metadata
 
     records = event_records(logdir)
@@ -128,6 +129,7 @@ def build_model(variables, width=8):
 
 def run_train(variables, steps, spe=50, batch=16, width=8):
     import keras
+
     import tb_stability
 
     keras.utils.set_random_seed(0)
@@ -150,7 +152,8 @@ def run_train(variables, steps, spe=50, batch=16, width=8):
 
 def _global_rows(rng, first, n, total, flagged, batch=16):
     """Plausible global rows for steps [first, first + n) of a healthy run
-    of `total` steps; `flagged` is a boolean mask over all steps."""
+    of `total` steps; `flagged` is a boolean mask over all steps.
+    """
     from tb_stability import metadata
 
     col = {name: i for i, name in enumerate(metadata.GLOBAL_COLUMNS)}
@@ -173,9 +176,11 @@ def _global_rows(rng, first, n, total, flagged, batch=16):
 
 def run_writer(variables, steps, spe=1, flag_rate=1e-4, width=8, seed=0):
     """Drives the real Recorder's host path over `steps` steps without
-    training: ring buffers filled directly, flushed as the callback does."""
+    training: ring buffers filled directly, flushed as the callback does.
+    """
     import keras
     import tensorflow as tf
+
     from tb_stability.record import recorder as _recorder
 
     keras.utils.set_random_seed(0)

@@ -16,8 +16,10 @@ def write_run(logdir, steps, variables, spikes, window=256, start=0, seed=0,
     """Writes steps [start, start + steps) of a synthetic run to `logdir`
     with the writer's layout: the loss descends with lognormal noise and is
     1000x at the absolute steps in `spikes`, which are also flagged and
-    have per-step detail from 32 before to 8 after them."""
+    have per-step detail from 32 before to 8 after them.
+    """
     import tensorflow as tf
+
     from tb_stability import summary
 
     rng = np.random.default_rng(seed)

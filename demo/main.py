@@ -42,6 +42,7 @@ def _model(seed):
 
 def keras_run(logdir, name, outlier_step=None, steps=1500, batch=16):
     import keras
+
     import tb_stability
 
     x, y = _regression(steps, batch, seed=0, outlier_step=outlier_step)
@@ -96,6 +97,7 @@ def run_all(logdir, log=print, only=None):
 def serve(logdir, port):
     """Starts TensorBoard (with the tb_stability plugin) and blocks."""
     from tensorboard import default, program
+
     from tb_stability.server.plugin import StabilityLoader
 
     plugins = default.get_plugins()

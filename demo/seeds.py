@@ -30,6 +30,7 @@ def seed000(logdir, fixed, batch=256, steps=1000):
     """
     import keras
     import tensorflow as tf
+
     import tb_stability
 
     x, labels = mnist_like(60000, seed=0)
@@ -80,6 +81,7 @@ def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2):
     about 0.1 (with lr 3e-3 it turns NaN instead). Fixed: inputs / 255.
     """
     import keras
+
     import tb_stability
 
     x, labels = mnist_like(5000, seed=1)
@@ -116,6 +118,7 @@ def seed002(logdir, fixed, batch=1024, steps=10000):
     """
     import keras
     import tensorflow as tf
+
     import tb_stability
 
     keras.utils.set_random_seed(0)
@@ -159,6 +162,7 @@ def seed003(logdir, fixed, batch=256, steps=8000):
     """
     import keras
     import tensorflow as tf
+
     import tb_stability
 
     rng = np.random.default_rng(0)

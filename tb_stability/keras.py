@@ -22,9 +22,9 @@ import weakref
 import keras
 import tensorflow as tf
 
-from tb_stability.record import recorder as _recorder
-from tb_stability.record import keras_internals as _slots
 from tb_stability.config import RecorderConfig
+from tb_stability.record import keras_internals as _slots
+from tb_stability.record import recorder as _recorder
 
 logger = logging.getLogger("tb_stability")
 

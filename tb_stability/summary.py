@@ -22,8 +22,8 @@ import json
 
 import tensorflow as tf
 
-from tb_stability.record import stats as _stats
 from tb_stability import metadata
+from tb_stability.record import stats as _stats
 from tb_stability.record.keras_internals import OptimizerAdapter
 
 __all__ = [

@@ -86,7 +86,8 @@ def tensorboard_app(logdir):
     """(TensorBoard's WSGI app serving our plugin over its Python data
     provider, the ingester): what `tensorboard --load_fast=false` serves,
     with the flags our loader fixed. `ingester.data_provider` re-reads the
-    logdir when `reload_logdir(ingester)` is called."""
+    logdir when `reload_logdir(ingester)` is called.
+    """
     from tensorboard import default, program
     from tensorboard.backend import application
     from tensorboard.backend.event_processing import data_ingester
@@ -123,7 +124,8 @@ def free_ports(n=1):
 
 def start_tensorboard(logdir, port, *flags, **popen_kwargs):
     """A real `tensorboard` process (the CLI installed next to this Python,
-    so the plugin's entry point is the one under test) on 127.0.0.1:port."""
+    so the plugin's entry point is the one under test) on 127.0.0.1:port.
+    """
     import shutil
     import subprocess
     import sys
@@ -137,7 +139,8 @@ def start_tensorboard(logdir, port, *flags, **popen_kwargs):
 
 def stop_process(proc, timeout=20):
     """Terminates `proc` (killed if it does not exit within `timeout` s);
-    returns what it wrote to a stdout pipe, or "" if it had none."""
+    returns what it wrote to a stdout pipe, or "" if it had none.
+    """
     import subprocess
 
     if proc.poll() is None:

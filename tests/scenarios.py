@@ -9,8 +9,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 import tb_stability
@@ -221,7 +221,8 @@ def healthy_warmup(logdir):
 def nonfinite_input(logdir):
     """NaN in input feature 300 from step 200; the user masks non-finite
     activations, so the loss stays finite while x^T delta poisons the first
-    kernel (a silent NaN)."""
+    kernel (a silent NaN).
+    """
     x, y = _classification()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([

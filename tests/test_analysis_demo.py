@@ -93,6 +93,7 @@ def test_loader_through_tensorboards_data_provider(demo_logs):
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider
     from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+
     from tb_stability.events.provider import load_from_provider
 
     logdir = str(demo_logs[0])

@@ -7,8 +7,8 @@ nothing.
 """
 
 import pytest
-
 import scenarios
+
 from tb_stability import analysis
 from tb_stability.analysis import causes
 

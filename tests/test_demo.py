@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import G, detail_by_step, global_table, read_run
 
 from tb_stability import metadata
-from conftest import G, detail_by_step, global_table, read_run
 
 LN10 = math.log(10.0)
 REQUIRED = [f"seed00{i}-{kind}" for i in range(4) for kind in ("bad", "fixed")]

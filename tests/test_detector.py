@@ -1,9 +1,9 @@
 """The online in-graph detector on planted series."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from tb_stability import metadata
 from tb_stability.record import recorder as _recorder

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import G, event_files, global_table, read_run
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_run.py")

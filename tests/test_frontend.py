@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import free_ports, start_tensorboard, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +53,8 @@ def _need(what, ok):
 
 def test_one_frontend_source_and_pinned_vendor():
     """tb_stability/static is the tab's only source (nothing under frontend/
-    repeats a file of it) and its vendored uPlot is the pinned npm package."""
+    repeats a file of it) and its vendored uPlot is the pinned npm package.
+    """
     served = _files(STATIC)
     assert "index.js" in served and "model.js" in served
     tooling = {p.name for p in FRONTEND.rglob("*")
@@ -110,7 +110,8 @@ def _get_json(url):
 @pytest.fixture(scope="module")
 def browser_logdir(demo_logs, tmp_path_factory):
     """The demo runs, one of them copied under an HTML name, and a
-    1M-step synthetic run (few variables) for the draw benchmark."""
+    1M-step synthetic run (few variables) for the draw benchmark.
+    """
     from benchmarks.synthetic import write_run
 
     logdir, _, _ = demo_logs

@@ -17,15 +17,15 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from conftest import no_bare_nan, reload_logdir, tensorboard_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug import test as wtest
 
 from benchmarks.synthetic import write_run
-from conftest import no_bare_nan, reload_logdir, tensorboard_app
 from tb_stability import analysis, metadata
-from tb_stability.server import payloads
 from tb_stability.events import reader
+from tb_stability.server import payloads
 
 BASE = "/data/plugin/tb_stability"
 ROUTES = ("/timeline", "/anomaly", "/layers")
@@ -70,7 +70,8 @@ BAD_INFOS = {
 
 def _global_table(n=600, spike=300, seed=0):
     """One global event's table [n, 1 + G]: rows n-1 .. 0 steps before the
-    event's step, a flat loss with a 1000x one-step spike at row `spike`."""
+    event's step, a flat loss with a 1000x one-step spike at row `spike`.
+    """
     rng = np.random.default_rng(seed)
     table = np.ones([n, 1 + len(metadata.GLOBAL_COLUMNS)], np.float32)
     table[:, 0] = np.arange(n) - (n - 1)
@@ -87,7 +88,8 @@ def _global_table(n=600, spike=300, seed=0):
 
 def _write_events(path, events):
     """Writes [(tag, data, step)] as tb_stability summaries, shapes unchecked
-    (a hand-written or buggy recorder)."""
+    (a hand-written or buggy recorder).
+    """
     import tensorflow as tf
 
     with tf.summary.create_file_writer(str(path)).as_default():
@@ -126,7 +128,8 @@ def _records(path):
 def _damaged_copies(src, root):
     """Copies of the single event file in `src` under root/damaged/NAME with
     the global event of DAMAGED_EVENT cut or corrupted (and one corrupted in
-    its first tb_stability record). Returns {name: offset of the damage}."""
+    its first tb_stability record). Returns {name: offset of the damage}.
+    """
     (name,) = [f for f in os.listdir(src) if f.startswith("events.out.tfevents.")]
     data = open(os.path.join(src, name), "rb").read()
     records = _records(os.path.join(src, name))
@@ -161,7 +164,8 @@ def _damaged_copies(src, root):
 @pytest.fixture(scope="module")
 def hostile_logdir(tmp_path_factory):
     """Every run of the tests but the wide one. Returns (logdir, source of
-    the damaged runs, {damaged run: byte offset of its damage})."""
+    the damaged runs, {damaged run: byte offset of its damage}).
+    """
     import tensorflow as tf
 
     root = tmp_path_factory.mktemp("hostile")
@@ -230,7 +234,8 @@ def client(hostile_logdir):
 
 def _get(client, route, **args):
     """(status, body text, seconds) of one request; a plain-text message
-    for every non-200."""
+    for every non-200.
+    """
     t0 = time.monotonic()
     response = client.get(BASE + route, query_string=args)
     elapsed = time.monotonic() - t0
@@ -290,7 +295,8 @@ def test_reader_keeps_what_precedes_the_damage_and_warns(hostile_logdir, caplog)
     """The CLI's reader agrees with TensorBoard's: it stops at the damaged
     record (a bad payload CRC included, which parses as a valid event with
     wrong numbers) and warns, except for a cut at the end of the file,
-    which is what a run still writing looks like."""
+    which is what a run still writing looks like.
+    """
     root, _, offsets = hostile_logdir
     with caplog.at_level(logging.WARNING, logger="tb_stability"):
         runs = analysis.load_logdir(str(root / "damaged"))
@@ -310,7 +316,8 @@ def test_reader_keeps_what_precedes_the_damage_and_warns(hostile_logdir, caplog)
 
 def test_a_cut_record_completed_later_is_read_on_reload(hostile_logdir, tmp_path):
     """A run still writing: the half-written record is not an error, and
-    once the writer finishes it (and the rest) the plugin serves all of it."""
+    once the writer finishes it (and the rest) the plugin serves all of it.
+    """
     _, src, _ = hostile_logdir
     (name,) = os.listdir(src)
     data = open(src / name, "rb").read()
@@ -361,7 +368,8 @@ def test_runs_without_data_are_not_in_the_cli_either(hostile_logdir):
 def test_global_rows_only(client):
     """No run_info, no per-variable series: the timeline is all there; the
     anomaly has its causes and global rows, no layer matrix; /layers lists
-    no variable (none was recorded), not an error."""
+    no variable (none was recorded), not an error.
+    """
     data = _json(client, "/timeline", run="partial/global_only", width="50")
     assert data["steps"] == 600 and data["buckets"] == 50
     assert [a["peak_step"] for a in data["anomalies"]] == [300]
@@ -381,7 +389,8 @@ def test_global_rows_only(client):
 ])
 def test_window_aggregates_without_detail(client, run, names):
     """The evidence falls back to the per-window maxima; /layers has the
-    run maxima, named var<i> when no run_info names them."""
+    run maxima, named var<i> when no run_info names them.
+    """
     detail = _json(client, "/anomaly", run=run, step="300")
     assert detail["evidence"]["resolution"] == "window"
     assert detail["evidence"]["steps"] == [255, 511]
@@ -410,7 +419,8 @@ def test_detail_without_window_aggregates(client, run, names, shape):
 @pytest.mark.parametrize("name", sorted(BAD_INFOS))
 def test_unusable_run_info_does_not_take_the_run_down(client, name):
     """Every route still answers 200, the spike is still found and the
-    variables are named var<i> where run_info cannot name them."""
+    variables are named var<i> where run_info cannot name them.
+    """
     run = f"hostile/info_{name}"
     data = _json(client, "/timeline", run=run)
     assert [a["peak_step"] for a in data["anomalies"]] == [300]
@@ -449,7 +459,8 @@ def test_steps_too_far_apart_for_int64_arithmetic(client):
 
 def test_odd_run_names_round_trip(client):
     """Every name /runs lists opens with /timeline, /layers and /anomaly,
-    the query encoded as the frontend's encodeURIComponent does."""
+    the query encoded as the frontend's encodeURIComponent does.
+    """
     listed = _listed(client)
     assert set(NAMES) <= set(listed)
     for name in NAMES:
@@ -485,7 +496,8 @@ WIDE_VARIABLES, WIDE_STEPS, WIDE_SPIKE = 10_000, 600, 300
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """Each route once on a 10,000-variable run: {route: (status, seconds,
-    bytes, facts)}, printed (timings are not asserted tightly)."""
+    bytes, facts)}, printed (timings are not asserted tightly).
+    """
     root = tmp_path_factory.mktemp("wide")
     t0 = time.monotonic()
     write_run(str(root / "wide"), WIDE_STEPS, WIDE_VARIABLES, [WIDE_SPIKE])
@@ -534,7 +546,8 @@ def test_wide_run_routes_answer_in_time(wide):
 def test_wide_run_anomaly_payload_is_bounded(wide):
     """Only MAX_ROWS of the 10,000 variables are served (every one would be
     10,000 x 41 steps x 9 statistics, ~74 MB), with the run's count and
-    each served row's index in it, in the model's order."""
+    each served row's index in it, in the model's order.
+    """
     assert wide["/anomaly"][2] < 20e6
     facts = wide["/anomaly"][3]
     assert facts["total"] == WIDE_VARIABLES
@@ -572,7 +585,8 @@ PLAUSIBLE = st.one_of(st.sampled_from(["150", "300"]), st.integers(-3, 2100).map
 def _queries(required=()):
     """Query strings: mostly a real run with the route's `required`
     arguments and others, each a plausible or a fuzzed value, plus junk
-    keys; or anything at all."""
+    keys; or anything at all.
+    """
     value = {k: st.one_of(PLAUSIBLE, VALUES) for k in ("width", "first", "last")}
     value["step"] = st.one_of(st.sampled_from(["150", "300"]), PLAUSIBLE, VALUES)
     args = st.fixed_dictionaries({k: value[k] for k in required},

@@ -3,14 +3,14 @@
 import logging
 import os
 
+import keras
 import numpy as np
 import pytest
-import keras
+from conftest import G, S, detail_by_step, event_files, global_table, read_run
+from tensorboard.compat.proto import summary_pb2
 
 import tb_stability
 from tb_stability import metadata
-from tensorboard.compat.proto import summary_pb2
-from conftest import G, S, detail_by_step, event_files, global_table, read_run
 
 ADAM_COLS = ["mu_rms", "nu_sqrt_rms", "rms_ratio", "eff_step_max",
              "sqrt_nu_over_eps_median"]
@@ -199,7 +199,8 @@ def test_failure_never_stops_training(method, error, logdir, caplog, monkeypatch
 
 def test_training_is_unchanged_and_model_saves(tmp_path):
     """Instrumentation only reads: same weights as an unmonitored run, and
-    the optimizer still serialises as what it is."""
+    the optimizer still serialises as what it is.
+    """
     x, y = _data()
     results = []
     for monitored in (False, True):

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tensorboard.compat.proto import summary_pb2
 
 from tb_stability import metadata

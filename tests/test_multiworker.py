@@ -2,7 +2,8 @@
 with 127.0.0.1 ports) train one model with a custom loop and `Monitor`.
 Only the chief writes, it records the all-reduced (global) statistics, and
 the run is analysed exactly as the single-worker run of the same model on
-the same data."""
+the same data.
+"""
 
 import glob
 import os
@@ -11,8 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import G, free_ports, global_table, read_run
+
 from tb_stability.analysis import report
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "multiworker_run.py")

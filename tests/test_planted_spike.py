@@ -1,23 +1,22 @@
 """A one-step spike in a 5,000-step run survives, at its exact step."""
 
-import numpy as np
 import keras
+import numpy as np
+from conftest import G, S, global_table, read_run
 
 import tb_stability
 from tb_stability import metadata
 from tb_stability.server.plugin import StabilityLoader
-from conftest import G, S, global_table, read_run
 
 STEPS = 5000
 
 
 def _read_through_tensorboard(logdir):
     """Reads via TensorBoard's Python data ingester + data provider, with the
-    flags our loader fixes (what `tensorboard --logdir` does)."""
-    from tensorboard import context
+    flags our loader fixes (what `tensorboard --logdir` does).
+    """
+    from tensorboard import context, default, program
     from tensorboard.backend.event_processing import data_ingester
-
-    from tensorboard import default, program
 
     tb = program.TensorBoard(
         plugins=default.get_static_plugins() + [StabilityLoader]

@@ -1,15 +1,16 @@
 """The plugin's routes, full stack: TensorBoard's WSGI app over its data
-provider over real event files (werkzeug's test client)."""
+provider over real event files (werkzeug's test client).
+"""
 
 import json
 import os
 
 import numpy as np
 import pytest
+from conftest import no_bare_nan, reload_logdir, tensorboard_app
 from werkzeug import test as wtest
 
 from benchmarks.synthetic import write_run
-from conftest import no_bare_nan, reload_logdir, tensorboard_app
 from tb_stability import analysis
 from tb_stability.server import payloads
 
@@ -144,6 +145,7 @@ def test_html_named_run_is_served_as_json_data(client):
 def test_nonfinite_values_are_encoded_explicitly(tmp_path):
     """NaN/Inf come back as the strings "NaN"/"Infinity", never bare."""
     import tensorflow as tf
+
     from tb_stability import metadata, summary
 
     rows = np.zeros([300, 1 + len(metadata.GLOBAL_COLUMNS)], np.float32)
@@ -173,7 +175,8 @@ def test_nonfinite_values_are_encoded_explicitly(tmp_path):
 
 def test_analysis_is_recomputed_when_new_data_arrives(tmp_path):
     """A run still training: new windows (and a new spike) show up without
-    restarting TensorBoard; unchanged data is served from the cache."""
+    restarting TensorBoard; unchanged data is served from the cache.
+    """
     write_run(str(tmp_path / "live"), 1024, 4, [500])
     app, ingester = tensorboard_app(tmp_path)
     client = wtest.Client(app)
@@ -298,7 +301,8 @@ def test_encode_array():
 
 def _wide_run(n_vars, steps=100, seed=0):
     """A RunData with `n_vars` quiet variables (noise around 1) and per-step
-    detail on every step."""
+    detail on every step.
+    """
     from tb_stability import metadata
     from tb_stability.events.series import GLOBAL, STAT, RunData
 

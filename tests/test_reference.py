@@ -1,12 +1,12 @@
 """Recorded statistics against a NumPy reimplementation of Keras's Adam."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
+from conftest import G, S, detail_by_step, global_table, read_run
 
 import tb_stability
-from conftest import S, G, detail_by_step, global_table, read_run
 
 LR, B1, B2, EPS = 0.01, 0.9, 0.999, 1e-3
 STEPS = 7

@@ -24,14 +24,13 @@ import tempfile
 import time
 import urllib.request
 
+import keras
 import numpy as np
 import pytest
-import keras
+from conftest import free_ports, no_bare_nan, start_tensorboard, stop_process, tensorboard_app
 from werkzeug import test as wtest
 
 import tb_stability
-from conftest import (free_ports, no_bare_nan, start_tensorboard, stop_process,
-                      tensorboard_app)
 from tb_stability import analysis
 from tb_stability.events import reader
 from tb_stability.events.series import RunData
@@ -48,7 +47,8 @@ BASE = "/data/plugin/tb_stability"
 def _batches(first_step, steps, seed, outlier_step):
     """`steps` batches of one fixed regression task (the same target
     function in every attempt, other samples per seed); the batch of step
-    `outlier_step` has its targets scaled by 300 (one bad batch)."""
+    `outlier_step` has its targets scaled by 300 (one bad batch).
+    """
     w = np.random.default_rng(0).normal(size=(10, 1))
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(steps * BATCH, 10)).astype("float32")
@@ -159,7 +159,8 @@ def _check_anomalies(anomalies, end):
 
 def test_first_attempt_alone_reports_its_spike(first_attempt):
     """The control: the spike the resumed attempt overwrites is found when
-    the first attempt is read alone."""
+    the first attempt is read alone.
+    """
     run = _copy_and_read(first_attempt[0])
     peaks = [a["peak_step"] for a in analysis.report.analyze_run(run)]
     assert SPIKE_FIRST in peaks, peaks
@@ -200,7 +201,8 @@ def _wsgi_get(client, route, **args):
 
 def test_plugin_later_data_wins(resumed):
     """/timeline, /anomaly and /layers over TensorBoard's Python data
-    provider (which keeps both attempts' events: the plugin must not)."""
+    provider (which keeps both attempts' events: the plugin must not).
+    """
     logdir, end = resumed["logdir"], resumed["end"]
     client = wtest.Client(tensorboard_app(logdir)[0])
 
@@ -244,7 +246,8 @@ def test_plugin_later_data_wins(resumed):
 
 def test_runs_route_last_step(resumed, request):
     """/runs over TensorBoard's Python data provider: its `max_step` is the
-    largest step it ever read for the tag, the orphaned tail included."""
+    largest step it ever read for the tag, the orphaned tail included.
+    """
     if resumed["end"] < N_FIRST:
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             "/runs reports the data provider's max_step; TensorBoard's Python "
@@ -269,7 +272,8 @@ def test_real_tensorboard_later_data_wins(resumed):
     that ends before the first attempt's window holding step K-1 removes
     that whole window, rows before K included; so the resumed recorder
     writes those rows again at the head of its first window (the "short"
-    resume is that case)."""
+    resume is that case).
+    """
     logdir, end = resumed["logdir"], resumed["end"]
     port, = free_ports()
     proc = start_tensorboard(logdir, port, "--reload_interval", "1",

@@ -41,7 +41,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import free_ports, start_tensorboard, stop_process
 
 SOAK_SECONDS = float(os.environ.get("TB_STABILITY_SOAK_SECONDS", "150"))

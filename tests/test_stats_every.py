@@ -1,15 +1,16 @@
 """`stats_every`: the per-variable statistics other than the gradient norms
-are computed every few steps, and on every step where it matters."""
+are computed every few steps, and on every step where it matters.
+"""
 
 import json
 
+import keras
 import numpy as np
 import pytest
-import keras
+from conftest import G, S, detail_by_step, global_table, read_run
 
 import tb_stability
 from tb_stability import metadata
-from conftest import G, S, detail_by_step, global_table, read_run
 
 STEPS = 600
 BATCH = 8
@@ -106,9 +107,10 @@ def test_every_step_on_request(tmp_path, kwargs):
 
 def test_the_tab_serves_the_spike_with_every_statistic(tmp_path):
     """Through TensorBoard: the anomaly's evidence says which statistics are
-    sparse, and from the spike on every step's Adam statistics are there."""
-    from werkzeug import test as wtest
+    sparse, and from the spike on every step's Adam statistics are there.
+    """
     from conftest import no_bare_nan, tensorboard_app
+    from werkzeug import test as wtest
 
     _train(str(tmp_path / "run"), spike=SPIKE)
     app, _ = tensorboard_app(tmp_path)

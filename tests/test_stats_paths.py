@@ -1,13 +1,14 @@
 """Per-variable statistics against the NumPy reference, row for row, small
 and large variables, without gradient or moments, eagerly, in a tf.function
-and under XLA."""
+and under XLA.
+"""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
-
 from conftest import S
+
 from tb_stability.record import stats as _stats
 from tb_stability.record.keras_internals import OptimizerAdapter
 
@@ -35,7 +36,8 @@ def _setup(optimizer_cls, steps=3, seed=0):
 
 def _reference(variables, opt, grads, before, t, samples):
     """Per-variable stats in float64; a sampled tensor's are taken over its
-    sampled entries and scaled to its size (its gradient norm is exact)."""
+    sampled entries and scaled to its size (its gradient norm is exact).
+    """
     rows = []
     for i, (var, g) in enumerate(zip(variables, grads)):
         idx = samples[i]
@@ -135,7 +137,8 @@ def test_without_moments_adam_columns_are_nan_and_sgd_update_is_derived():
 
 def test_a_sample_estimates_the_whole_tensor():
     """Statistics of a 512x512 kernel from 8192 of its entries are within a
-    few percent of the exact ones, and its gradient norm is exact."""
+    few percent of the exact ones, and its gradient norm is exact.
+    """
     rng = np.random.default_rng(3)
     var = keras.Variable(rng.normal(0, 0.05, size=(512, 512)).astype("float32"))
     opt = keras.optimizers.Adam(1e-3)

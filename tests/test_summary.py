@@ -2,14 +2,14 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
+from conftest import S, read_run
+from tensorboard.compat.proto import summary_pb2
 
 from tb_stability import metadata, summary
-from tensorboard.compat.proto import summary_pb2
-from conftest import S, read_run
 
 
 def _setup():

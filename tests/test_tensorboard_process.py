@@ -1,6 +1,7 @@
 """The installed entry point loads in a real `tensorboard` process, on the
 default (Rust) data server and on the Python one, and a planted one-step
-spike in a 5,000-step Keras run comes back at its exact step."""
+spike in a 5,000-step Keras run comes back at its exact step.
+"""
 
 import json
 import subprocess
@@ -9,10 +10,9 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-
 import pytest
-
 from conftest import free_ports, start_tensorboard, stop_process
+
 from demo import main as demo
 
 

@@ -102,7 +102,8 @@ class Context:
 
     def window_argmax(self, step, stat):
         """The variable with the largest window max of `stat` in the window
-        holding `step` (when no per-step detail covers it)."""
+        holding `step` (when no per-step detail covers it).
+        """
         run = self.run
         if len(run.window_steps) == 0:
             return None
@@ -334,7 +335,8 @@ def rms_precursor_level(rms: np.ndarray, lo: int, history: int = 1000) -> float:
     """The level RMS(g²/v̂) must exceed to count as a precursor at rows
     from `lo` on: 1.0, or its own 99th percentile over the `history` rows
     before when it has often been above 1 anyway (late in a long Adam run a
-    small tensor's ratio wanders above 1 without consequence)."""
+    small tensor's ratio wanders above 1 without consequence).
+    """
     past = rms[max(0, lo - history):lo]
     # A recorder with stats_every > 1 measures every few rows, and every row
     # around anomalies: each measured value stands for the rows up to the
@@ -427,7 +429,8 @@ def adam_epsilon(ctx: Context, a: Anomaly):
 def last_finite(x: np.ndarray, i: int, back: int = 64) -> Optional[int]:
     """The last row at or before `i` (and at most `back` rows before) where
     `x` is finite: a recorder computing its statistics every few steps
-    leaves NaN between them. None when there is none."""
+    leaves NaN between them. None when there is none.
+    """
     lo = max(0, i - back)
     ok = np.flatnonzero(np.isfinite(x[lo:i + 1]))
     return int(lo + ok[-1]) if len(ok) else None
@@ -435,7 +438,8 @@ def last_finite(x: np.ndarray, i: int, back: int = 64) -> Optional[int]:
 
 def grad_jump(grad: np.ndarray, i: int, before: int, window: int) -> Optional[float]:
     """grad[i] over the median of the finite values in the `window` rows
-    before row `before`; None when either is missing."""
+    before row `before`; None when either is missing.
+    """
     past = grad[max(0, before - window):before]
     past = past[np.isfinite(past)]
     if not len(past) or not np.isfinite(grad[i]):

@@ -25,7 +25,8 @@ def _finite_or_none(x):
 
 def skipped_steps(run):
     """Steps a LossScaleOptimizer skipped on purpose: finite loss, non-finite
-    gradients, and the next step at a lower loss scale."""
+    gradients, and the next step at a lower loss scale.
+    """
     scale = run.col("loss_scale")
     if not np.any(np.isfinite(scale)):
         return None

@@ -61,7 +61,8 @@ _SHIFT = []  # [4, 256] tables: _CHUNK zero bytes through the register
 
 def _shift_tables():
     """The linear map "run _CHUNK zero bytes through the CRC register" on
-    a 32-bit state, as one 256-entry table per byte of the state."""
+    a 32-bit state, as one 256-entry table per byte of the state.
+    """
     if not _SHIFT:
         cols = []
         for bit in range(32):

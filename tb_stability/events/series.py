@@ -54,7 +54,8 @@ def _last_wins(steps, values):
 def _row_steps(event_step, offsets):
     """(int64 steps, bool mask of usable rows) of one global event: a row's
     step is the event's step plus its offset (column 0); a non-finite
-    offset, or one whose step is not an int64, marks a damaged row."""
+    offset, or one whose step is not an int64, marks a damaged row.
+    """
     offsets = np.asarray(offsets, np.float64)
     ok = np.isfinite(offsets) & (np.abs(offsets) <= 2.0 ** 53)
     off = np.rint(np.where(ok, offsets, 0)).astype(np.int64)
@@ -68,7 +69,8 @@ def _clean_info(info: Dict) -> Dict:
     """run_info with the shapes the analysis relies on: `optimizer` a dict,
     `variables` a list of {"name": str, "shape": [int, ...]} (an entry that
     is not a dict is named "var<i>", an unusable shape becomes []). A
-    hand-written or damaged run_info must not stop the run being shown."""
+    hand-written or damaged run_info must not stop the run being shown.
+    """
     info = dict(info)
     if not isinstance(info.get("optimizer", {}), dict):
         info["optimizer"] = {}

@@ -24,10 +24,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from tb_stability.record import stats as _stats
-from tb_stability import metadata
-from tb_stability import summary
+from tb_stability import metadata, summary
 from tb_stability.config import RecorderConfig
+from tb_stability.record import stats as _stats
 from tb_stability.record.keras_internals import OptimizerAdapter
 
 logger = logging.getLogger("tb_stability")
@@ -60,7 +59,8 @@ def _replica_count():
 def is_chief(strategy=None):
     """Whether this process writes the run: True unless a multi-worker
     strategy says this task is not the chief (the "chief" task, or worker 0
-    when the cluster has no chief, as Keras and TensorFlow decide it)."""
+    when the cluster has no chief, as Keras and TensorFlow decide it).
+    """
     if strategy is None:
         strategy = tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -222,7 +222,8 @@ class Recorder:
     def snapshot(self, variables):
         """The weights before an update, as `push(weights_before=)` wants
         them (only the sampled entries of large tensors), in the order of
-        `variables`; reorder with `order_grads`."""
+        `variables`; reorder with `order_grads`.
+        """
         out = []
         for var in variables:
             i = self._var_index.get(id(var))
@@ -374,7 +375,8 @@ class Recorder:
         computing in full: the loss or the gradient norm above its running
         mean by `PRECURSOR_Z` standard deviations and at least x1.5, or the
         loss above 10x its lowest smoothed level (a slow rise, which the
-        running mean follows, as Adam's does from a tiny loss)."""
+        running mean follows, as Adam's does from a tiny loss).
+        """
         (loss_mu, loss_var, grad_mu, grad_var, n, _, floor,
          _) = tf.unstack(state)
         warm = n >= 16.0

@@ -79,7 +79,8 @@ RUN_LENGTH = 16
 def _sample_runs(n, k, seed):
     """Sorted indices of the runs (of RUN_LENGTH entries, in the tensor
     seen as [n // RUN_LENGTH, RUN_LENGTH]) of a sample of about k of its n
-    entries, drawn at random but the same for the same seed."""
+    entries, drawn at random but the same for the same seed.
+    """
     runs = max(1, k // RUN_LENGTH)
     return np.sort(np.random.default_rng(seed).choice(
         n // RUN_LENGTH, runs, replace=False)).astype(np.int32)
@@ -145,9 +146,10 @@ class VariableStats:
                 break
 
     def sample(self, i, x):
-        """x (a value of variable i, or alike) as its statistics see it:
+        """X (a value of variable i, or alike) as its statistics see it:
         the sampled entries (flat, in the order of `samples[i]`), or all of
-        it."""
+        it.
+        """
         runs = self.runs[i]
         if runs is None or x.shape.num_elements() == len(self.samples[i]):
             return x
@@ -167,7 +169,8 @@ class VariableStats:
 
     def grad_sums(self, grads):
         """Exact sums of squares of the gradients, float32 [V] (0 for a None
-        gradient): the part of the statistics computed every step."""
+        gradient): the part of the statistics computed every step.
+        """
         zero = tf.constant(0.0)
         return 2.0 * tf.stack([
             zero if g is None else tf.nn.l2_loss(_f32(tf.convert_to_tensor(g)))
@@ -182,7 +185,8 @@ class VariableStats:
         """The stats matrix of a step whose statistics other than the
         gradient norms are not computed: NaN in those columns, zero
         non-finite counts (a step with a non-finite gradient or loss is
-        always computed in full)."""
+        always computed in full).
+        """
         # A constant with NaN and zeros, plus the norms in their column: a
         # handful of graph nodes, for a path taken on most steps.
         base = np.full([len(self.variables), len(metadata.STAT_COLUMNS)],

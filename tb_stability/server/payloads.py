@@ -15,10 +15,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tb_stability import metadata
-from tb_stability.metadata import layer_of
 from tb_stability.analysis import causes as causes_lib
 from tb_stability.analysis import report as report_lib
 from tb_stability.events.series import GLOBAL, STAT, RunData
+from tb_stability.metadata import layer_of
 
 MAX_WIDTH = 10_000
 DEFAULT_WIDTH = 1000
@@ -101,7 +101,8 @@ def _anomaly_summary(a: Dict) -> Dict:
 def bucket_starts(steps: np.ndarray, width: int) -> np.ndarray:
     """Row index where each bucket starts: `width` equal step ranges over
     [first, last]; empty ranges are dropped. One bucket per row when the run
-    has no more rows than `width`."""
+    has no more rows than `width`.
+    """
     n = len(steps)
     if n <= width:
         return np.arange(n)
@@ -119,7 +120,8 @@ def timeline(run: RunData, anomalies: List[Dict], width: int,
              first: Optional[int] = None, last: Optional[int] = None) -> Dict:
     """The /timeline payload: global signals bucketed by min/max, over the
     steps in [first, last] (default: all; a zoomed chart asks for its
-    range). Every anomaly of the run is listed whatever the range."""
+    range). Every anomaly of the run is listed whatever the range.
+    """
     lo = 0 if first is None else int(np.searchsorted(run.steps, first))
     hi = len(run.steps) if last is None else int(np.searchsorted(run.steps, last, side="right"))
     steps = run.steps[lo:hi]
@@ -177,7 +179,8 @@ def find_anomaly(anomalies: List[Dict], step: int) -> Optional[Dict]:
 def _columns(steps: np.ndarray, onset: int, peak: int,
              limit: int = None) -> np.ndarray:
     """Indices of the columns to show: all, or at most `limit` (default
-    MAX_ANOMALY_COLUMNS) split between those nearest the onset and the peak."""
+    MAX_ANOMALY_COLUMNS) split between those nearest the onset and the peak.
+    """
     limit = limit or MAX_ANOMALY_COLUMNS
     if len(steps) <= limit:
         return np.arange(len(steps))
@@ -272,7 +275,8 @@ def select_rows(steps: np.ndarray, rows: np.ndarray, onset: int,
                 pinned: List[int], limit: int = None) -> np.ndarray:
     """Indices of the variables to serve, ascending (the model's order):
     all of them, or at most `limit` (default MAX_ROWS): those in `pinned`
-    (the implicated ones) and then the most moved (`rank_variables`)."""
+    (the implicated ones) and then the most moved (`rank_variables`).
+    """
     limit = limit or MAX_ROWS
     n = rows.shape[1] if rows.ndim == 3 else 0
     if n <= limit:

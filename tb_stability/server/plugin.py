@@ -20,13 +20,11 @@ import os
 import re
 import threading
 
-from werkzeug import wrappers
-
-from tensorboard import errors
-from tensorboard import plugin_util
+from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from tensorboard.data import provider as provider_lib
 from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
 
 from tb_stability import metadata
 from tb_stability.server import payloads

@@ -34,6 +34,7 @@ def _table(result, out):
 
 
 def main(argv=None):
+    """Runs `tb-stability` with `argv` (default: the command line); its exit code."""
     parser = argparse.ArgumentParser(
         prog="tb-stability",
         description="Find training instabilities and name their causes.")

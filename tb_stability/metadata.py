@@ -83,6 +83,19 @@ FLAG_RMS_RATIO = 8
 FLAG_LOSS_RISE = 16
 
 
+def is_readable(content) -> bool:
+    """Whether a reader of this version can read a series with this content.
+
+    False for content that is not tb_stability's JSON and for a version
+    newer than `CONTENT_VERSION` (written by a newer tb_stability): readers
+    skip such series on every path.
+    """
+    try:
+        return parse_plugin_metadata(content)["version"] <= CONTENT_VERSION
+    except (TypeError, ValueError):
+        return False
+
+
 def layer_of(variable: str) -> str:
     """The layer of a variable path: `model/dense_1/kernel` -> `model/dense_1`.
 

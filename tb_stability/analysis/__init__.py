@@ -18,7 +18,6 @@ from tb_stability.analysis.attribute import Cause, rank_causes
 from tb_stability.analysis.causes import ALL as CAUSE_IDS
 from tb_stability.analysis.detect import Anomaly, detect_anomalies
 from tb_stability.analysis.report import analyze_run, report_logdir
-from tb_stability.events.reader import load_logdir
 from tb_stability.events.series import RunData
 
 __all__ = ["Anomaly", "Cause", "CAUSE_IDS", "RunData", "analyze_run",

@@ -60,8 +60,10 @@ _SHIFT = []  # [4, 256] tables: _CHUNK zero bytes through the register
 
 
 def _shift_tables():
-    """The linear map "run _CHUNK zero bytes through the CRC register" on
-    a 32-bit state, as one 256-entry table per byte of the state.
+    """Tables that run _CHUNK zero bytes through the CRC register at once.
+
+    The map is linear on the 32-bit state: one 256-entry table per byte of
+    the state.
     """
     if not _SHIFT:
         cols = []
@@ -200,12 +202,8 @@ def read_tags(directory):
                 md = value.metadata
                 if md.plugin_data.plugin_name != metadata.PLUGIN_NAME:
                     continue
-                try:
-                    content = metadata.parse_plugin_metadata(md.plugin_data.content)
-                except (TypeError, ValueError):
-                    continue
-                if content["version"] > metadata.CONTENT_VERSION:
-                    continue  # written by a newer tb_stability
+                if not metadata.is_readable(md.plugin_data.content):
+                    continue  # malformed, or written by a newer tb_stability
                 try:
                     array = tensor_util.make_ndarray(value.tensor)
                 except Exception:  # pylint: disable=broad-except

@@ -52,9 +52,11 @@ def _last_wins(steps, values):
 
 
 def _row_steps(event_step, offsets):
-    """(int64 steps, bool mask of usable rows) of one global event: a row's
-    step is the event's step plus its offset (column 0); a non-finite
-    offset, or one whose step is not an int64, marks a damaged row.
+    """(int64 steps, bool mask of usable rows) of one global event.
+
+    A row's step is the event's step plus its offset (column 0); a
+    non-finite offset, or one whose step is not an int64, marks a damaged
+    row.
     """
     offsets = np.asarray(offsets, np.float64)
     ok = np.isfinite(offsets) & (np.abs(offsets) <= 2.0 ** 53)
@@ -66,10 +68,12 @@ def _row_steps(event_step, offsets):
 
 
 def _clean_info(info: Dict) -> Dict:
-    """run_info with the shapes the analysis relies on: `optimizer` a dict,
-    `variables` a list of {"name": str, "shape": [int, ...]} (an entry that
-    is not a dict is named "var<i>", an unusable shape becomes []). A
-    hand-written or damaged run_info must not stop the run being shown.
+    """run_info with the shapes the analysis relies on.
+
+    `optimizer` is a dict, `variables` a list of {"name": str, "shape":
+    [int, ...]} (an entry that is not a dict is named "var<i>", an unusable
+    shape becomes []). A hand-written or damaged run_info must not stop the
+    run being shown.
     """
     info = dict(info)
     if not isinstance(info.get("optimizer", {}), dict):
@@ -147,64 +151,36 @@ class RunData:
 
     @property
     def optimizer(self) -> Dict:
+        """run_info's description of the optimizer ({} if none)."""
         return self.info.get("optimizer", {}) if self.info else {}
 
     @property
     def is_adam(self) -> bool:
+        """Whether the run's optimizer keeps Adam's moments."""
         return bool(self.optimizer.get("adam", False))
 
     @classmethod
     def from_tags(cls, name, tags) -> Optional["RunData"]:
-        """Builds a RunData; None if the run has no (usable) global rows."""
-        g_steps, g_rows = [], []
-        for event_step, table in tags.get(metadata.TAG_GLOBAL, []):
-            table = np.asarray(table, np.float64)
-            if table.ndim != 2 or table.shape[1] != 1 + len(metadata.GLOBAL_COLUMNS):
-                continue
-            rows_steps, ok = _row_steps(event_step, table[:, 0])
-            g_steps.append(rows_steps[ok])
-            g_rows.append(table[ok, 1:])
-        if not any(len(s) for s in g_steps):  # none, or every row damaged
+        """Builds a RunData; None if the run has no (usable) global rows.
+
+        Columns are mapped by the names the run's `run_info` lists, so a run
+        written before a statistic was added (or after one was dropped)
+        still loads: a column it lacks is NaN, one this reader does not
+        know is left out.
+        """
+        info = _clean_info(_last_run_info(tags.get(metadata.TAG_RUN_INFO, [])))
+        global_map = _column_map(info.get("global_columns"), metadata.GLOBAL_COLUMNS)
+        stat_map = _column_map(info.get("stat_columns"), metadata.STAT_COLUMNS)
+        agg_map = _column_map(info.get("window_aggregates"), metadata.WINDOW_AGGREGATES)
+        steps, glob = _global_rows(tags.get(metadata.TAG_GLOBAL, []), global_map)
+        if steps is None:  # none, or every row damaged
             return None
-        keep = _not_rewound(
-            np.concatenate(g_steps),
-            np.repeat(np.arange(len(g_steps)), [len(s) for s in g_steps]),
-            [s.min() if len(s) else np.iinfo(np.int64).max for s in g_steps])
-        steps, glob = _last_wins(np.concatenate(g_steps)[keep],
-                                 np.concatenate(g_rows)[keep])
-
-        info = {}
-        for _, value in tags.get(metadata.TAG_RUN_INFO, []):
-            try:
-                raw = np.asarray(value).item()
-                parsed = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-                if isinstance(parsed, dict):
-                    info = parsed
-            except (ValueError, AttributeError, UnicodeDecodeError):
-                continue
-        info = _clean_info(info)
         variables = [v["name"] for v in info.get("variables", [])]
-
-        def stacked(tag, rank, tail=()):
-            # Only the documented rank and trailing axes (anything else was
-            # not written by tb_stability's writer and cannot be indexed).
-            items = [(s, np.asarray(v, np.float64)) for s, v in tags.get(tag, [])
-                     if np.ndim(v) == rank and np.shape(v)[rank - len(tail):] == tail]
-            if items:
-                shape = items[-1][1].shape
-                items = [(s, v) for s, v in items if v.shape == shape]
-            if not items:
-                return np.zeros([0], np.int64), np.zeros([0] + [0] * rank)
-            s = np.array([s for s, _ in items], np.int64)
-            keep = _not_rewound(s, np.arange(len(s)), s)
-            v = np.stack([v for (_, v), k in zip(items, keep) if k])
-            return _last_wins(s[keep], v)
-
-        stats = len(metadata.STAT_COLUMNS)
-        window_steps, window = stacked(metadata.TAG_LAYERS_WINDOW, 3,
-                                       (stats, len(metadata.WINDOW_AGGREGATES)))
-        detail_steps, detail = stacked(metadata.TAG_LAYERS_DETAIL, 2, (stats,))
-        rows_steps, rows = stacked(metadata.TAG_INPUT_GRAD_ROWS, 1)
+        window_steps, window = _stacked(tags.get(metadata.TAG_LAYERS_WINDOW, []),
+                                        (stat_map, agg_map))
+        detail_steps, detail = _stacked(tags.get(metadata.TAG_LAYERS_DETAIL, []),
+                                        (stat_map,))
+        rows_steps, rows = _stacked(tags.get(metadata.TAG_INPUT_GRAD_ROWS, []), ())
         if not variables:  # no run_info: name the rows of what was recorded
             n = detail.shape[1] if detail.ndim == 3 and detail.shape[0] else \
                 window.shape[1] if window.ndim == 4 and window.shape[0] else 0
@@ -213,3 +189,103 @@ class RunData:
                    window=window, detail_steps=detail_steps, detail=detail,
                    input_rows_steps=rows_steps, input_rows=rows, info=info,
                    variables=variables)
+
+
+def _last_run_info(events) -> Dict:
+    """The last parsable run_info dict of a run ({} if none)."""
+    info = {}
+    for _, value in events:
+        try:
+            raw = np.asarray(value).item()
+            parsed = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            continue
+        if isinstance(parsed, dict):
+            info = parsed
+    return info
+
+
+class _ColumnMap:
+    """Where a run's columns go in this reader's layout.
+
+    Attributes:
+      width: how many columns the run wrote.
+      source: for each of this reader's columns, the run's column index,
+        or -1 where the run has no such column (read as NaN).
+    """
+
+    def __init__(self, width: int, source: np.ndarray):
+        self.width = width
+        self.source = source
+        self.identity = width == len(source) and bool(np.all(source == np.arange(width)))
+
+    def apply(self, array: np.ndarray, axis: int) -> np.ndarray:
+        """`array` with its `axis` (of size `width`) in this reader's layout."""
+        if self.identity:
+            return array
+        picked = np.take(array, np.maximum(self.source, 0), axis=axis)
+        missing = np.reshape(self.source < 0, [-1] + [1] * (array.ndim - 1 - axis % array.ndim))
+        return np.where(missing, np.nan, picked)
+
+
+def _column_map(names, known) -> _ColumnMap:
+    """The map of a run's column names (from run_info) onto `known`.
+
+    Without usable names (no run_info, or a damaged one) the run is taken
+    to have written exactly the `known` columns.
+    """
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        names = list(known)
+    position = {}
+    for i, n in enumerate(names):
+        position.setdefault(n, i)
+    source = np.array([position.get(n, -1) for n in known], np.int64)
+    return _ColumnMap(len(names), source)
+
+
+def _global_rows(events, columns: _ColumnMap):
+    """(steps, rows) of the global events, rewinds and repeats resolved.
+
+    Each event is a [rows, 1 + columns] table whose column 0 is the step
+    offset from the event's step; (None, None) when no row is usable.
+    """
+    g_steps, g_rows = [], []
+    for event_step, table in events:
+        table = np.asarray(table, np.float64)
+        if table.ndim != 2 or table.shape[1] != 1 + columns.width:
+            continue
+        rows_steps, ok = _row_steps(event_step, table[:, 0])
+        g_steps.append(rows_steps[ok])
+        g_rows.append(columns.apply(table[ok, 1:], axis=1))
+    if not any(len(s) for s in g_steps):
+        return None, None
+    keep = _not_rewound(
+        np.concatenate(g_steps),
+        np.repeat(np.arange(len(g_steps)), [len(s) for s in g_steps]),
+        [s.min() if len(s) else np.iinfo(np.int64).max for s in g_steps])
+    return _last_wins(np.concatenate(g_steps)[keep], np.concatenate(g_rows)[keep])
+
+
+def _stacked(events, tail_maps):
+    """(steps, stacked values) of a per-step array series.
+
+    Only values of the documented rank whose trailing axes have the widths
+    of `tail_maps` (one `_ColumnMap` per trailing axis, mapped into this
+    reader's layout) are kept, all of one shape (the last written): anything
+    else was not written by tb_stability's writer and cannot be indexed.
+    """
+    rank = 1 + len(tail_maps)
+    tail = tuple(m.width for m in tail_maps)
+    items = [(s, np.asarray(v, np.float64)) for s, v in events
+             if np.ndim(v) == rank and np.shape(v)[1:] == tail]
+    if items:
+        shape = items[-1][1].shape
+        items = [(s, v) for s, v in items if v.shape == shape]
+    if not items:
+        return np.zeros([0], np.int64), np.zeros([0] + [0] * rank)
+    s = np.array([s for s, _ in items], np.int64)
+    keep = _not_rewound(s, np.arange(len(s)), s)
+    v = np.stack([v for (_, v), k in zip(items, keep) if k])
+    for axis, m in enumerate(tail_maps, start=2):
+        v = m.apply(v, axis=axis)
+    return _last_wins(s[keep], v)

@@ -43,6 +43,7 @@ def run(name, reps, calls):
     import overhead
     import tensorflow as tf
 
+    from tb_stability import metadata
     from tb_stability.record import recorder as _recorder
 
     model, _, _ = overhead.build(name)
@@ -59,7 +60,7 @@ def run(name, reps, calls):
                                first_steps=0)
     full = _recorder.Recorder(None, opt, variables, stats_every=1)
     default = _recorder.Recorder(None, opt, variables)
-    vstats = light._vstats
+    vstats = light.variable_stats
 
     @tf.function
     def empty(g):
@@ -89,7 +90,8 @@ def run(name, reps, calls):
     # size wanders as in training (a lognormal scale per step).
     for s in np.exp(rng.normal(0, 0.3, size=2000)).astype("float32"):
         default_step(grads, tf.constant(s))
-    computed = np.isfinite(default._global.numpy()[:, 4])  # rms_ratio_max
+    rms_column = metadata.GLOBAL["rms_ratio_max"]
+    computed = np.isfinite(default.rings.global_rows.numpy()[:, rms_column])
     share = float(computed.mean())
 
     base = measure(empty, (grads,), reps, calls)

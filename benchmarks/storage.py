@@ -192,9 +192,10 @@ def run_writer(variables, steps, spe=1, flag_rate=1e-4, width=8, seed=0):
     # the optimizer's iterations as initial step.
     rec = _recorder.Recorder(logdir, optimizer, model.trainable_variables,
                              steps_per_call=spe, initial_step=0)
-    R, W = rec.capacity, rec.window
-    V, S = len(rec.variables), rec._layers.shape[-1]
-    F = rec._input_rows.shape[-1] if rec._input_rows is not None else 0
+    rings = rec.rings
+    R, W = rec.capacity, rec.config.window
+    V, S = len(rec.variables), rings.layers.shape[-1]
+    F = rings.input_rows.shape[-1] if rings.input_rows is not None else 0
     # The callback flushes once its step counter (in steps_per_execution
     # increments) reaches the window.
     chunk = math.ceil(W / spe) * spe
@@ -222,13 +223,13 @@ def run_writer(variables, steps, spe=1, flag_rate=1e-4, width=8, seed=0):
         def put(ring, value):
             ring.scatter_update(tf.IndexedSlices(tf.constant(value), idx))
 
-        put(rec._steps, np.arange(first, first + n, dtype=np.int64))
-        put(rec._global, _global_rows(rng, first, n, steps, flagged))
-        put(rec._layers, pool[off:off + n])
+        put(rings.steps, np.arange(first, first + n, dtype=np.int64))
+        put(rings.global_rows, _global_rows(rng, first, n, steps, flagged))
+        put(rings.layers, pool[off:off + n])
         if F:
-            put(rec._input_rows, pool_rows[off:off + n])
-        rec._count.assign(first + n)
-        rec._next_step.assign(first + n)
+            put(rings.input_rows, pool_rows[off:off + n])
+        rings.count.assign(first + n)
+        rings.next_step.assign(first + n)
         fill_seconds += time.perf_counter() - f0
         rec.flush()
     rec.flush(final=True)

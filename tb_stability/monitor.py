@@ -16,7 +16,13 @@ import logging
 import tensorflow as tf
 
 from tb_stability.config import RecorderConfig
-from tb_stability.record import recorder as _recorder
+from tb_stability.record.recorder import Recorder
+from tb_stability.record.runtime import (
+    in_xla_context,
+    replica_count,
+    sum_over_replicas,
+    warn_once,
+)
 
 logger = logging.getLogger("tb_stability")
 
@@ -24,7 +30,7 @@ logger = logging.getLogger("tb_stability")
 class Monitor:
     """Records what explains a blow-up of a custom training loop.
 
-    Arguments:
+    Args:
       logdir: the run's log directory.
       optimizer: the Keras optimizer that applies the gradients (its Adam
         moments are read after each update; any optimizer works, Adam-family
@@ -70,14 +76,14 @@ class Monitor:
         if features is None and inputs is not None:
             shape = inputs.shape
             features = 1 if len(shape) == 0 else int(shape[-1])
-        self._recorder = _recorder.Recorder(
+        self._recorder = Recorder(
             self.logdir, self.optimizer, self.variables, self.config,
             input_features=features)
 
     def record(self, step, loss, gradients, *, batch_size=None, inputs=None):
         """Records one step; call it after the gradients were applied.
 
-        Arguments:
+        Args:
           step: the step number (int or scalar tensor).
           loss: the step's scalar loss.
           gradients: one gradient per variable given to the constructor, in
@@ -120,21 +126,12 @@ class Monitor:
         if self._recorder is None:
             self._make_recorder(inputs)
         rec = self._recorder
-        replicas = _recorder._replica_count()
+        replicas = replica_count()
         if replicas > 1:
-            ctx = tf.distribute.get_replica_context()
-            present = [g for g in gradients if g is not None]
-            reduced = iter(ctx.all_reduce(tf.distribute.ReduceOp.SUM, present))
-            gradients = [None if g is None else next(reduced) for g in gradients]
-            scalars = [tf.cast(loss, tf.float32)]
-            if batch_size is not None:
-                scalars.append(tf.cast(batch_size, tf.float32))
-            scalars = ctx.all_reduce(tf.distribute.ReduceOp.SUM, scalars)
-            loss = scalars[0]
-            if batch_size is not None:
-                batch_size = scalars[1]
+            gradients, loss, batch_size = _sum_over_replicas(
+                gradients, loss, batch_size)
         if inputs is not None and rec.input_features is None:
-            _recorder.warn_once(
+            warn_once(
                 "late-inputs",
                 "tb_stability: inputs= given after the first record() without "
                 "input_features=; input statistics are not recorded.",
@@ -142,13 +139,22 @@ class Monitor:
             inputs = None
         count = rec.push(loss, gradients, batch_size=batch_size,
                          inputs=inputs, step=step)
+        self._write_when_due(rec, count, replicas)
+
+    def _write_when_due(self, rec, count, replicas):
+        """Flushes once per window where a write can be triggered from here.
+
+        Eagerly, from Python; inside a `tf.function`, from the graph; not
+        under XLA or a distribution strategy (`flush()` is called from the
+        host loop there).
+        """
+        window = rec.config.window
         if tf.executing_eagerly():
             self._pending += 1
-            if self._pending >= rec.window:
+            if self._pending >= window:
                 self._pending = 0
                 rec.flush()
-        elif replicas <= 1 and not _recorder.in_xla_context():
-            window = rec.window
+        elif replicas <= 1 and not in_xla_context():
 
             def _write():
                 return tf.py_function(self._host_flush, [], Tout=tf.int64)
@@ -164,7 +170,11 @@ class Monitor:
         return tf.constant(0, tf.int64)
 
     def flush(self, final=False):
-        """Writes whatever is due (host call). `final` writes partial windows."""
+        """Writes whatever is due (host call).
+
+        Args:
+          final: also write a partial window.
+        """
         if self._recorder is not None:
             self._recorder.flush(final=final)
 
@@ -179,3 +189,17 @@ class Monitor:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _sum_over_replicas(gradients, loss, batch_size):
+    """(gradients, loss, batch_size) summed over the replicas."""
+    gradients = sum_over_replicas(gradients)
+    scalars = [tf.cast(loss, tf.float32)]
+    if batch_size is not None:
+        scalars.append(tf.cast(batch_size, tf.float32))
+    ctx = tf.distribute.get_replica_context()
+    scalars = ctx.all_reduce(tf.distribute.ReduceOp.SUM, scalars)
+    loss = scalars[0]
+    if batch_size is not None:
+        batch_size = scalars[1]
+    return gradients, loss, batch_size

@@ -23,8 +23,8 @@ import json
 import tensorflow as tf
 
 from tb_stability import metadata
-from tb_stability.record import stats as _stats
-from tb_stability.record.keras_internals import OptimizerAdapter
+from tb_stability.record import keras_internals
+from tb_stability.record.stats import VariableStats
 
 __all__ = [
     "run_info",
@@ -41,9 +41,20 @@ __all__ = [
 def _write(default_tag, series, rank, last_dim, name, data, step, description):
     """Shared body of the ops: validates the shape and writes one event.
 
-    Arguments:
+    Args:
+      default_tag: the tag when `name` is None.
+      series: the series kind (`metadata.SERIES_BY_TAG` values).
+      rank: the rank `data` must have, or None.
+      last_dim: the size its last axis must have, or None.
+      name: the tag to write, or None for `default_tag`.
+      data: the tensor (or a value convertible to one).
       step: explicit int64-castable step. If omitted, this defaults to
         `tf.summary.experimental.get_step()`, which must not be None.
+      description: optional longer text for the series.
+
+    Returns:
+      The bool from `tf.summary.write`: True on success, False if no default
+      summary writer was set.
 
     Raises:
       ValueError: if a default step is needed but none was set, or the data
@@ -145,10 +156,11 @@ def variable_stats(gradients, variables, optimizer=None):
     `optimizer` the Adam columns are NaN.
     """
     variables = list(variables)
-    adapter = OptimizerAdapter(optimizer) if optimizer is not None else None
-    if adapter is None:
+    if optimizer is None:
         adapter = _NoOptimizer()
-    calc = _stats.VariableStats(adapter, variables)
+    else:
+        adapter = keras_internals.OptimizerAdapter(optimizer)
+    calc = VariableStats(adapter, variables)
     stats, _, _ = calc.compute(list(gradients), with_median=True)
     return stats
 
@@ -158,8 +170,10 @@ class _NoOptimizer:
 
     name = "none"
     is_adam = False
-    inner = None
     loss_scale_optimizer = None
+
+    def hyperparameters(self):
+        return keras_internals.hyperparameters(None)
 
     def learning_rate(self):
         return tf.constant(float("nan"))

@@ -13,14 +13,15 @@ from tb_stability.record import recorder as _recorder
 def detect(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     rec = _recorder.Recorder(None, keras.optimizers.Adam(), model.trainable_variables)
+    detector = rec.detector
 
     @tf.function
     def step(loss, grad, rms, nonfinite):
-        state = rec._detector.read_value()
-        x, y, loss_jump, grad_jump, _ = rec._outliers(state, loss, grad)
-        flags, state, _ = rec._detect(state, loss, x, y, rms, nonfinite,
-                                      loss_jump, grad_jump, tf.constant(True))
-        rec._detector.assign(state)
+        state = detector.read()
+        outliers = detector.outliers(state, loss, grad)
+        flags, state, _ = detector.detect(state, loss, outliers, rms, nonfinite,
+                                          tf.constant(True))
+        detector.assign(state)
         return flags
 
     def run(loss, grad=None, rms=None, nonfinite=None):

@@ -137,9 +137,9 @@ def test_adam_family_full_internals(name, logdir):
 
 @pytest.mark.parametrize("name", ["sgd", "rmsprop"])
 def test_other_optimizers_gradients_and_weights_only(name, logdir, caplog):
-    from tb_stability.record import recorder as _recorder
+    from tb_stability.record import runtime
 
-    _recorder.warn_once._seen.clear()
+    runtime.warn_once._seen.clear()
     with caplog.at_level(logging.WARNING, logger="tb_stability"):
         _fit(logdir, optimizer=name, epochs=2)
     warnings = [r for r in caplog.records if "no Adam moments" in r.getMessage()]

@@ -31,7 +31,7 @@ from conftest import free_ports, no_bare_nan, start_tensorboard, stop_process, t
 from werkzeug import test as wtest
 
 import tb_stability
-from tb_stability import analysis
+from tb_stability import analysis, metadata
 from tb_stability.events import reader
 from tb_stability.events.series import RunData
 
@@ -235,7 +235,7 @@ def test_plugin_later_data_wins(resumed):
     assert len(layers["variables"]) == 4
     # The run maxima come from the windows the run still holds: not from
     # the first attempt's window with its (overwritten) spike.
-    first, g = resumed["first"], analysis.series.STAT["grad_norm"]
+    first, g = resumed["first"], metadata.STAT["grad_norm"]
     data = reader.load_logdir(logdir)[RUN]
     spike_window = first.window_steps[np.searchsorted(first.window_steps, SPIKE_FIRST)]
     assert spike_window not in data.window_steps

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import S
 
+from tb_stability.record import sampling
 from tb_stability.record import stats as _stats
 from tb_stability.record.keras_internals import OptimizerAdapter
 
@@ -61,8 +62,8 @@ def _reference(variables, opt, grads, before, t, samples):
         row[S["nu_sqrt_rms"]] = np.sqrt(np.mean(v_hat))
         row[S["eff_step_max"]] = LR * np.sqrt(1 - B2 ** t) / (np.sqrt(v.min()) + EPS)
         flat = v_hat.ravel()
-        stride = max(1, len(flat) // _stats.MEDIAN_SAMPLE)
-        sample = np.sort(flat[::stride][: _stats.MEDIAN_SAMPLE])
+        stride = max(1, len(flat) // sampling.MEDIAN_SAMPLE)
+        sample = np.sort(flat[::stride][: sampling.MEDIAN_SAMPLE])
         row[S["sqrt_nu_over_eps_median"]] = np.sqrt(sample[len(sample) // 2]) / EPS
         rows.append(row)
     return np.array(rows)

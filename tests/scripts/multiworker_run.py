@@ -77,6 +77,6 @@ for step in range(STEPS):
     train_step(tf.constant(step, tf.int64), x[sl], y[sl])
     monitor.flush()
 monitor.close()
-np.savez(out, chief=tb_stability.record.recorder.is_chief(strategy),
+np.savez(out, chief=tb_stability.record.runtime.is_chief(strategy),
          weights=np.concatenate([w.numpy().ravel() for w in model.weights]))
 print("done", task, flush=True)

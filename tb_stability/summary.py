@@ -154,6 +154,16 @@ def variable_stats(gradients, variables, optimizer=None):
     Call it after the optimizer applied `gradients`: weights and Adam's
     moments are read as they are after the update. Without an Adam-family
     `optimizer` the Adam columns are NaN.
+
+    Args:
+      gradients: one gradient per variable (None for a variable without).
+      variables: the variables, in the order of the rows.
+      optimizer: the Keras optimizer that applied the gradients, or None.
+
+    Returns:
+      A float32 `[len(variables), len(metadata.STAT_COLUMNS)]` tensor, its
+      columns `metadata.STAT_COLUMNS`, computed exactly as the recorder does
+      on a step computed in full (large tensors from their fixed sample).
     """
     variables = list(variables)
     if optimizer is None:

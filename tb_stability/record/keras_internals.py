@@ -131,7 +131,7 @@ def hyperparameters(optimizer):
 class OptimizerAdapter:
     """Read-only view of one Keras optimizer's hyperparameters and slots.
 
-    Arguments:
+    Args:
       optimizer: a Keras 3 optimizer, possibly a `LossScaleOptimizer`.
     """
 

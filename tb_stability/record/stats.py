@@ -142,7 +142,7 @@ class VariableStats:
       sample, a 1M-parameter MLP's step cost about 1.5x; sums over 8192
       entries estimate a mean to about 1-2%.
 
-    Arguments:
+    Args:
       adapter: a `keras_internals.OptimizerAdapter`.
       variables: the trainable variables, in the order of the stats rows.
       sample_size: entries sampled from larger tensors; 0 for exact

@@ -220,7 +220,7 @@ def run_writer(variables, steps, spe=1, flag_rate=1e-4, width=8, seed=0):
         idx = tf.constant(np.arange(first, first + n) % R, tf.int64)
         off = int(rng.integers(0, chunk + 1))
 
-        def put(ring, value):
+        def put(ring, value, idx=idx):
             ring.scatter_update(tf.IndexedSlices(tf.constant(value), idx))
 
         put(rings.steps, np.arange(first, first + n, dtype=np.int64))

@@ -58,7 +58,7 @@ def test_tags_data_class_and_steps(logdir):
     assert list(steps) == list(range(16))
     assert np.all(np.isfinite(rows[:, G["loss"]]))
     assert sorted(detail_by_step(run)) == list(range(16))  # first 50 steps
-    for step, value in run[metadata.TAG_LAYERS_DETAIL]:
+    for _, value in run[metadata.TAG_LAYERS_DETAIL]:
         assert value.shape == (4, len(metadata.STAT_COLUMNS))
     (window_step, window), = run[metadata.TAG_LAYERS_WINDOW]
     assert window_step == 15 and window.shape == (4, len(S), 2)

@@ -42,7 +42,7 @@ def _reference(variables, opt, grads, before, t, samples):
     rows = []
     for i, (var, g) in enumerate(zip(variables, grads)):
         idx = samples[i]
-        pick = (lambda x: x.ravel()) if idx is None else (lambda x: x.ravel()[idx])  # noqa: E731
+        pick = (lambda x: x.ravel()) if idx is None else (lambda x, idx=idx: x.ravel()[idx])  # noqa: E731
         w = pick(var.numpy().astype(np.float64))
         m = pick(opt._momentums[i].numpy().astype(np.float64))
         v = pick(opt._velocities[i].numpy().astype(np.float64))

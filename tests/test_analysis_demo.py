@@ -7,6 +7,7 @@ import pytest
 
 from tb_stability import analysis
 from tb_stability.analysis import causes
+from tb_stability.metadata import layer_of
 
 EXPECTED_TOP = {
     "seed000-bad": ("nonfinite", causes.SUMMED_LOSS),
@@ -37,7 +38,7 @@ def test_report_is_the_documented_json(demo_report):
             assert a["kind"] in ("spike", "divergence", "nonfinite", "plateau")
             assert a["causes"]
             for c in a["causes"]:
-                assert set(c) >= {"cause", "confidence", "layer", "lead_steps",
+                assert set(c) >= {"cause", "confidence", "layer", "variable", "lead_steps",
                                   "evidence", "fix"}
                 assert c["cause"] in causes.ALL
                 assert 0.0 <= c["confidence"] <= 1.0
@@ -72,9 +73,10 @@ def test_evidence_has_the_numbers(demo_report):
     leads = [a["causes"][0]["lead_steps"] for a in seed002]
     # RMS(g^2/v_hat) leads the loss peak by a few steps (literature: 1-10).
     assert sum(1 for x in leads if x is not None and 1 <= x <= 16) >= len(leads) // 2
-    assert all(a["causes"][0]["layer"] for a in seed002)
+    assert all(a["causes"][0]["variable"] for a in seed002)
     seed001 = _run(demo_report, "seed001-bad")["anomalies"][0]["causes"][0]
-    assert seed001["layer"].endswith("dense_in/kernel")
+    assert seed001["variable"].endswith("dense_in/kernel")
+    assert seed001["layer"] == layer_of(seed001["variable"])
 
 
 def test_reader_matches_tensorboards_reader(demo_logs):

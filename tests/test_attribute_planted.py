@@ -42,7 +42,8 @@ def test_exploding_gradient_names_the_layer_that_jumped_first():
     assert (a["kind"], a["peak_step"]) == ("spike", 500)
     top = a["causes"][0]
     assert top["cause"] == causes.EXPLODING_GRADIENT
-    assert top["layer"] == "m/d1/kernel" and top["lead_steps"] == 10
+    assert top["variable"] == "m/d1/kernel" and top["lead_steps"] == 10
+    assert top["layer"] == "m/d1"  # metadata.layer_of(variable), as /layers groups it
 
 
 def test_summed_loss_never_blamed_under_adam():

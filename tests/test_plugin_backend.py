@@ -53,6 +53,24 @@ def test_runs_lists_runs_with_data(client):
     assert {r["run"]: r["last_step"] for r in runs}["spiky"] == 3999
 
 
+def test_causes_route_serves_the_registry(client, tmp_path):
+    """GET causes: every cause of analysis/causes.py with its title, fix and
+    drawing style, whatever the logdir (an empty one too)."""
+    from tb_stability.analysis import causes
+
+    data = _json(client, "/causes")
+    assert [c["cause"] for c in data["causes"]] == list(causes.ALL)
+    for entry in data["causes"]:
+        d = causes.BY_ID[entry["cause"]]
+        assert entry == {"cause": d.id, "title": d.title, "fix": d.fix,
+                         "color": d.color, "shape": d.shape, "label": d.label}
+    # the titles the other routes add are the registry's
+    for a in _json(client, "/timeline", run="spiky")["anomalies"]:
+        assert a["cause"]["title"] == causes.TITLE[a["cause"]["cause"]]
+    empty, _ = tensorboard_app(tmp_path)
+    assert no_bare_nan(wtest.Client(empty).get(BASE + "/causes").data) == data
+
+
 def test_timeline_keeps_every_spike_at_its_step(client):
     for width in (1, 7, 100, 1000, 5000):
         data = _json(client, "/timeline", run="spiky", width=str(width))
@@ -102,9 +120,12 @@ def test_anomaly_route_serves_causes_and_layer_matrices(client):
         assert data["anomaly"]["peak_step"] == SPIKES[1]
         assert data["causes"][0]["cause"] == spike["cause"]["cause"]
         for cause in data["causes"]:
-            assert set(cause) >= {"cause", "confidence", "layer", "lead_steps",
+            assert set(cause) >= {"cause", "confidence", "layer", "variable", "lead_steps",
                                   "evidence", "fix", "title"}
+            assert cause["layer"] == (None if cause["variable"] is None
+                                      else payloads.layer_of(cause["variable"]))
         ev = data["evidence"]
+        assert ev["highlight"]["variable"] == data["causes"][0]["variable"]
         assert ev["resolution"] == "step"
         assert ev["steps"] == list(range(SPIKES[1] - 32, SPIKES[1] + 9))
         assert len(ev["variables"]) == 6
@@ -324,12 +345,13 @@ def _wide_run(n_vars, steps=100, seed=0):
                    info=info, variables=names)
 
 
-def _anomaly(*layers, step=50, peak=52):
+def _anomaly(*variables, step=50, peak=52):
     return {"kind": "spike", "step": step, "peak_step": peak, "end_step": peak + 3,
             "severity": 5.0, "baseline": 0.5, "peak_value": 500.0,
             "causes": [{"cause": "exploding_gradient", "confidence": 0.9 - 0.1 * i,
-                        "layer": layer, "lead_steps": 3, "evidence": ["planted"],
-                        "fix": "planted"} for i, layer in enumerate(layers)]}
+                        "layer": payloads.layer_of(variable), "variable": variable,
+                        "lead_steps": 3, "evidence": ["planted"],
+                        "fix": "planted"} for i, variable in enumerate(variables)]}
 
 
 def test_wide_run_anomaly_serves_the_implicated_and_the_most_moved():

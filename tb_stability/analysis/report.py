@@ -2,8 +2,8 @@
 
     {"logdir": str, "runs": [{"run": str, "steps": int, "anomalies": [
       {"kind", "step", "peak_step", "end_step", "severity",
-       "causes": [{"cause", "confidence", "layer", "lead_steps",
-                   "evidence", "fix"}]}]}]}
+       "causes": [{"cause", "confidence", "layer", "variable",
+                   "lead_steps", "evidence", "fix"}]}]}]}
 
 Documented in tb_stability/REPORT.md. Non-finite floats never appear in
 the JSON: `sanitize` writes them as null.
@@ -16,6 +16,8 @@ import numpy as np
 from tb_stability.analysis import attribute as attribute_lib
 from tb_stability.analysis import causes as causes_lib
 from tb_stability.analysis import detect as detect_lib
+from tb_stability.analysis.context import Context
+from tb_stability.analysis.rules import sequel as sequel_lib
 
 
 def _finite_or_none(x):
@@ -24,8 +26,10 @@ def _finite_or_none(x):
 
 
 def skipped_steps(run):
-    """Steps a LossScaleOptimizer skipped on purpose: finite loss, non-finite
-    gradients, and the next step at a lower loss scale.
+    """The steps a LossScaleOptimizer skipped on purpose, as a row mask.
+
+    Finite loss, non-finite gradients, and the next step at a lower loss
+    scale. None when the run recorded no loss scale.
     """
     scale = run.col("loss_scale")
     if not np.any(np.isfinite(scale)):
@@ -36,14 +40,14 @@ def skipped_steps(run):
 
 def analyze_run(run):
     """[anomaly dict] for one `RunData`, each with its ranked causes."""
-    ctx = attribute_lib.Context(run)
+    ctx = Context(run)
     anomalies = detect_lib.detect_anomalies(
         run.steps, run.col("loss"), nonfinite=run.col("nonfinite"),
         classes=ctx.classes, skipped=skipped_steps(run))
     out, earlier = [], []
     for a in anomalies:
         causes = attribute_lib.rank_causes(run, a, ctx)
-        follow = attribute_lib.sequel(ctx, a, causes, earlier)
+        follow = sequel_lib.carry_over(ctx, a, causes, earlier)
         if follow is not None:
             causes = [follow] + [c for c in causes if c.cause != causes_lib.UNKNOWN]
         earlier.append((a, causes))
@@ -61,6 +65,7 @@ def analyze_run(run):
 
 
 def run_report(run):
+    """One run's entry of the report: its name, steps and anomalies."""
     return {"run": run.name, "steps": int(len(run.steps)),
             "first_step": int(run.steps[0]), "last_step": int(run.steps[-1]),
             "anomalies": analyze_run(run)}

@@ -1,0 +1,1 @@
+"""The Stability tab's backend: the TensorBoard plugin and its route payloads."""

@@ -83,6 +83,11 @@ def encode_json(value):
     return value
 
 
+def causes() -> Dict:
+    """The /causes payload: every cause's id, title, fix and drawing style."""
+    return causes_lib.registry_json()
+
+
 def _titled(cause: Dict) -> Dict:
     """A report cause dict with its plain-words `title` added."""
     return dict(cause, title=causes_lib.TITLE.get(cause["cause"], cause["cause"]))
@@ -99,9 +104,11 @@ def _anomaly_summary(a: Dict) -> Dict:
 
 
 def bucket_starts(steps: np.ndarray, width: int) -> np.ndarray:
-    """Row index where each bucket starts: `width` equal step ranges over
-    [first, last]; empty ranges are dropped. One bucket per row when the run
-    has no more rows than `width`.
+    """The row index where each bucket starts.
+
+    Buckets are `width` equal step ranges over [first, last]; empty ranges
+    are dropped. One bucket per row when the run has no more rows than
+    `width`.
     """
     n = len(steps)
     if n <= width:
@@ -118,9 +125,10 @@ def bucket_starts(steps: np.ndarray, width: int) -> np.ndarray:
 
 def timeline(run: RunData, anomalies: List[Dict], width: int,
              first: Optional[int] = None, last: Optional[int] = None) -> Dict:
-    """The /timeline payload: global signals bucketed by min/max, over the
-    steps in [first, last] (default: all; a zoomed chart asks for its
-    range). Every anomaly of the run is listed whatever the range.
+    """The /timeline payload: global signals bucketed by min/max.
+
+    Over the steps in [first, last] (default: all; a zoomed chart asks for
+    its range). Every anomaly of the run is listed whatever the range.
     """
     lo = 0 if first is None else int(np.searchsorted(run.steps, first))
     hi = len(run.steps) if last is None else int(np.searchsorted(run.steps, last, side="right"))
@@ -178,8 +186,10 @@ def find_anomaly(anomalies: List[Dict], step: int) -> Optional[Dict]:
 
 def _columns(steps: np.ndarray, onset: int, peak: int,
              limit: int = None) -> np.ndarray:
-    """Indices of the columns to show: all, or at most `limit` (default
-    MAX_ANOMALY_COLUMNS) split between those nearest the onset and the peak.
+    """The indices of the columns to show.
+
+    All, or at most `limit` (default MAX_ANOMALY_COLUMNS) split between
+    those nearest the onset and the peak.
     """
     limit = limit or MAX_ANOMALY_COLUMNS
     if len(steps) <= limit:
@@ -215,8 +225,9 @@ def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
 
 
 def rank_variables(steps: np.ndarray, rows: np.ndarray, onset: int) -> np.ndarray:
-    """The variables of an evidence window (`rows`: [steps, vars, stats]),
-    most moved first: a permutation of range(vars).
+    """The variables of an evidence window, most moved first.
+
+    `rows` is [steps, vars, stats]; the result a permutation of range(vars).
 
     First the variables with a non-finite sign in the window (a positive
     `grad_nonfinite`, `weight_nonfinite` or `moment_nonfinite` count, or an
@@ -273,8 +284,9 @@ def _first_true(mask: np.ndarray, none: int) -> np.ndarray:
 
 def select_rows(steps: np.ndarray, rows: np.ndarray, onset: int,
                 pinned: List[int], limit: int = None) -> np.ndarray:
-    """Indices of the variables to serve, ascending (the model's order):
-    all of them, or at most `limit` (default MAX_ROWS): those in `pinned`
+    """The indices of the variables to serve, ascending (the model's order).
+
+    All of them, or at most `limit` (default MAX_ROWS): those in `pinned`
     (the implicated ones) and then the most moved (`rank_variables`).
     """
     limit = limit or MAX_ROWS
@@ -289,6 +301,22 @@ def select_rows(steps: np.ndarray, rows: np.ndarray, onset: int,
     return np.flatnonzero(chosen)
 
 
+def _global_rows(run: RunData, anomaly: Dict, steps: np.ndarray) -> np.ndarray:
+    """The global rows served around an anomaly (at most MAX_GLOBAL_ROWS).
+
+    From `detail_before` steps before the onset to `detail_after` after the
+    peak, widened to the evidence window's `steps`; those nearest the onset
+    and the peak when there are more.
+    """
+    config = run.config
+    lo, hi = anomaly["step"] - config.detail_before, anomaly["peak_step"] + config.detail_after
+    if len(steps):
+        lo, hi = min(lo, int(steps[0])), max(hi, int(steps[-1]))
+    i0, i1 = np.searchsorted(run.steps, [lo, hi + 1])
+    return i0 + _columns(run.steps[i0:i1], anomaly["step"], anomaly["peak_step"],
+                         MAX_GLOBAL_ROWS)
+
+
 def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     """The /anomaly payload: the causes and the evidence around it."""
     steps, rows, resolution = evidence_window(
@@ -297,12 +325,13 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     all_names = list(run.variables[:n_vars])
     all_names += [f"var{i}" for i in range(len(all_names), n_vars)]
     causes = [_titled(c) for c in anomaly["causes"]]
-    # The variables the causes implicate (the top cause's first), by name.
+    # The variables the causes implicate (the top cause's first), by name:
+    # a cause's `variable` (its `layer` is that variable's layer).
     first_index = {}
     for i, name in enumerate(all_names):
         first_index.setdefault(name, i)
-    implicated = [first_index[c["layer"]] for c in causes
-                  if isinstance(c.get("layer"), str) and c["layer"] in first_index]
+    implicated = [first_index[c["variable"]] for c in causes
+                  if isinstance(c.get("variable"), str) and c["variable"] in first_index]
     served = select_rows(steps, rows, anomaly["step"], implicated)
     variables = [all_names[i] for i in served]
     position = {int(v): j for j, v in enumerate(served)}
@@ -311,17 +340,10 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
         if rows.ndim == 3 and len(steps):
             # variables x steps, only the served rows
             stats[name] = encode_array(rows[:, served, STAT[name]].T)
-    config = run.config
-    before, after = config.detail_before, config.detail_after
-    lo, hi = anomaly["step"] - before, anomaly["peak_step"] + after
-    if len(steps):
-        lo, hi = min(lo, int(steps[0])), max(hi, int(steps[-1]))
-    i0, i1 = np.searchsorted(run.steps, [lo, hi + 1])
-    rows_idx = i0 + _columns(run.steps[i0:i1], anomaly["step"], anomaly["peak_step"],
-                             MAX_GLOBAL_ROWS)
+    rows_idx = _global_rows(run, anomaly, steps)
     glob = {name: encode_array(run.glob[rows_idx, GLOBAL[name]]) for name in ANOMALY_GLOBAL}
-    top_layer = causes[0]["layer"] if causes else None
-    top_index = first_index.get(top_layer) if isinstance(top_layer, str) else None
+    top_variable = causes[0].get("variable") if causes else None
+    top_index = first_index.get(top_variable) if isinstance(top_variable, str) else None
     # The matrices and series are encoded already (encode_array): only the
     # small parts go through encode_json.
     return {
@@ -340,7 +362,7 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
             "implicated": list(dict.fromkeys(position[i] for i in implicated if i in position)),
             "layers": [layer_of(v) for v in variables],
             "highlight": {
-                "variable": top_layer,
+                "variable": top_variable,
                 "index": position.get(top_index) if top_index is not None else None,
                 "onset_step": anomaly["step"],
                 "peak_step": anomaly["peak_step"],

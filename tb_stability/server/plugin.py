@@ -10,7 +10,8 @@ server by default, the Python one with `--load_fast=false`). Its routes
 parse and check the request and raise `tensorboard.errors` (400/404); the
 payloads are computed in `payloads` (pure NumPy) from the analysis,
 which is cached per run and recomputed when the run's series change. The
-routes are documented in `http_api.md`.
+routes are documented in `http_api.md`; `causes` serves the cause registry
+(`analysis.causes`) that the tab draws from.
 """
 
 import collections
@@ -87,7 +88,12 @@ class _RunState:
 
 
 class StabilityPlugin(base_plugin.TBPlugin):
-    """Serves the Stability tab: runs, timeline, anomaly detail, layers."""
+    """Serves the Stability tab: runs, causes, timeline, anomaly detail, layers.
+
+    Arguments:
+      context: TensorBoard's `base_plugin.TBContext` (its data provider and
+        sampling hints are used).
+    """
 
     plugin_name = metadata.PLUGIN_NAME
 
@@ -100,18 +106,22 @@ class StabilityPlugin(base_plugin.TBPlugin):
         self._lock = threading.Lock()
 
     def get_plugin_apps(self):
+        """The routes (documented in `http_api.md`): path -> WSGI app."""
         return {
             "/static/*": self._serve_static,
             "/runs": self._serve_runs,
+            "/causes": self._serve_causes,
             "/timeline": self._serve_timeline,
             "/anomaly": self._serve_anomaly,
             "/layers": self._serve_layers,
         }
 
     def is_active(self):
+        """Always False: TensorBoard's plugin listing asks the data provider."""
         return False  # the plugins listing asks the data provider instead
 
     def frontend_metadata(self):
+        """The tab: `static/index.js` as an ES module, named "Stability"."""
         return base_plugin.FrontendMetadata(
             es_module_path="/static/index.js", tab_name="Stability"
         )
@@ -150,6 +160,10 @@ class StabilityPlugin(base_plugin.TBPlugin):
             runs.append({"run": run, "last_step": int(ts.max_step),
                          "wall_time": float(ts.max_wall_time)})
         return self._json(request, {"runs": runs})
+
+    @wrappers.Request.application
+    def _serve_causes(self, request):
+        return self._json(request, payloads.causes())
 
     @wrappers.Request.application
     def _serve_timeline(self, request):
@@ -249,6 +263,7 @@ class StabilityLoader(base_plugin.TBLoader):
     """Loads `StabilityPlugin`; keeps all tb_stability points by default."""
 
     def define_flags(self, parser):
+        """Adds `--tb_stability_keep_sampling` to TensorBoard's flags."""
         group = parser.add_argument_group("tb_stability plugin")
         group.add_argument(
             "--tb_stability_keep_sampling",
@@ -259,6 +274,7 @@ class StabilityLoader(base_plugin.TBLoader):
         )
 
     def fix_flags(self, flags):
+        """Sets `samples_per_plugin tb_stability=0` unless the user chose a value."""
         if getattr(flags, "tb_stability_keep_sampling", False):
             return
         samples = getattr(flags, "samples_per_plugin", None)
@@ -272,4 +288,5 @@ class StabilityLoader(base_plugin.TBLoader):
             )
 
     def load(self, context):
+        """The plugin for this TensorBoard (`StabilityPlugin`)."""
         return StabilityPlugin(context)

@@ -1,0 +1,108 @@
+"""bad_batch: one bad batch (corrupt labels, outliers) made a one-step jump.
+
+Mechanism: a single batch produces a jump of the loss and of the gradient
+while the optimizer state was healthy; the loss recovers within a few
+steps.
+
+Evidence: a `spike` that recovered within `MAX_SPIKE_STEPS` steps, with
+the global gradient norm at the peak at least `MIN_GRAD_JUMP` times its
+median over the `GRAD_HISTORY_ROWS` rows before. Supporting: at least
+`TOGETHER_SHARE` of the tensors' gradient norms jumped more than
+`TENSOR_JUMP` times at once (the batch, not one layer). Against it: one
+layer's gradient jumped alone before the peak
+(`evidence.single_layer_jump`: `exploding_gradient`'s sign), or an Adam
+precursor (RMS(g²/v̂) above its precursor level in the
+`evidence.LEAD_WINDOW` rows before the peak).
+"""
+
+from typing import List, Optional
+
+import numpy as np
+
+from tb_stability.analysis import causes as C
+from tb_stability.analysis.context import Cause, Context, make_cause
+from tb_stability.analysis.detect import Anomaly
+from tb_stability.analysis.evidence import (
+    LEAD_WINDOW,
+    fmt,
+    grad_jump,
+    rms_precursor_level,
+    single_layer_jump,
+)
+from tb_stability.metadata import STAT
+
+# The spike must be back within this many steps of its onset.
+MAX_SPIKE_STEPS = 5
+# The global gradient norm at the peak over its median in the rows before (x).
+GRAD_HISTORY_ROWS = 32
+MIN_GRAD_JUMP = 10
+# Confidence of the isolated spike with its gradient jump.
+CONFIDENCE = 0.6
+# At least this share of the tensors jumping more than TENSOR_JUMP times
+# from the step before (x) at the peak raises it to TOGETHER_CONFIDENCE.
+TENSOR_JUMP = 5
+TOGETHER_SHARE = 0.5
+TOGETHER_CONFIDENCE = 0.75
+# Subtracted when one layer's gradient jumped alone before, and again
+# when an Adam precursor led.
+ONE_LAYER_PENALTY = 0.2
+PRECURSOR_PENALTY = 0.2
+
+
+def _together(ctx: Context, a: Anomaly) -> Optional[str]:
+    """The sentence of most tensors' gradient norms jumping together at the peak, or None."""
+    run = ctx.run
+    now, prev = run.detail_at(a.peak_step), run.detail_at(a.peak_step - 1)
+    if now is None or prev is None:
+        return None
+    jump = now[:, STAT["grad_norm"]] / np.maximum(prev[:, STAT["grad_norm"]], 1e-30)
+    share = float(np.mean(jump > TENSOR_JUMP))
+    if not share >= TOGETHER_SHARE:
+        return None
+    return (f"{share:.0%} of the tensors' gradient norms jumped "
+            f"more than {TENSOR_JUMP}x together: the batch, not one layer.")
+
+
+def _against(ctx: Context, a: Anomaly, ip: int, confidence: float,
+             evidence: List[str]) -> float:
+    """`confidence` less the penalty of each sign against a bad batch (sentences to `evidence`)."""
+    jump = single_layer_jump(ctx, a.peak_step, a.peak_step - 1)
+    if jump is not None:
+        confidence -= ONE_LAYER_PENALTY  # one layer led: not the batch alone
+        evidence.append(f"But {ctx.name(jump[1])}'s gradient jumped alone "
+                        f"{a.peak_step - jump[0]} steps before.")
+    rms = ctx.run.col("rms_ratio_max")
+    lo = max(0, ip - LEAD_WINDOW)
+    level = rms_precursor_level(rms, lo)
+    if np.any(rms[lo:ip] > level):
+        confidence -= PRECURSOR_PENALTY  # an Adam precursor: maybe not the batch alone
+    elif np.any(np.isfinite(rms[lo:ip])):
+        evidence.append(f"No Adam precursor: RMS(g²/v̂) stayed below "
+                        f"{fmt(level)}{' (its usual range)' if level > 1 else ''} "
+                        f"before it.")
+    return confidence
+
+
+def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
+    """The bad_batch cause of anomaly `a`, or None (see the module doc)."""
+    if a.kind != "spike" or a.end_step is None:
+        return None
+    if a.end_step - a.step > MAX_SPIKE_STEPS:
+        return None
+    ip = ctx.idx(a.peak_step)
+    g = ctx.run.col("grad_norm")
+    ratio = grad_jump(g, ip, ip, GRAD_HISTORY_ROWS)
+    if ratio is None or ratio < MIN_GRAD_JUMP:
+        return None
+    evidence = [f"An isolated spike: up at step {a.step}, recovered at step "
+                f"{a.end_step}; the gradient norm jumped to {fmt(g[ip])}, "
+                f"{fmt(ratio)}x its median over the previous steps, at the "
+                f"same step."]
+    confidence = CONFIDENCE
+    together = _together(ctx, a)
+    if together is not None:
+        evidence.append(together)
+        confidence = TOGETHER_CONFIDENCE
+    confidence = _against(ctx, a, ip, confidence, evidence)
+    return make_cause(C.BAD_BATCH, confidence, evidence)
+

@@ -1,0 +1,63 @@
+"""dead_units: dead or saturated units; the output collapsed to the prior.
+
+Mechanism: the units are dead or saturated (every ReLU negative, sigmoids
+pinned): the gradients vanish everywhere and the output collapses to the
+class prior, so the loss sits at ln C and the accuracy at 1/C.
+
+Evidence: a `plateau` anomaly (the detector's pinned-at-ln C case).
+Supporting: the global gradient norm collapsed (its median on the plateau
+below `GRAD_COLLAPSE` times its maximum before), or a kernel whose
+window-mean gradient norm is exactly zero in the plateau's window (its
+units are dead; that kernel is named).
+"""
+
+from typing import Optional
+
+import numpy as np
+
+from tb_stability import metadata
+from tb_stability.analysis import causes as C
+from tb_stability.analysis.context import Cause, Context, make_cause
+from tb_stability.analysis.detect import Anomaly
+from tb_stability.analysis.evidence import fmt, nanmedian
+from tb_stability.metadata import STAT
+
+# Confidence of a plateau at ln C alone.
+PINNED_CONFIDENCE = 0.45
+# The median gradient norm on the plateau below this fraction of its
+# maximum before it: the gradients collapsed.
+GRAD_COLLAPSE = 1e-2
+# Confidence with a collapsed gradient, or a kernel whose gradient is zero.
+COLLAPSED_CONFIDENCE = 0.65
+ZERO_GRADIENT_CONFIDENCE = 0.65
+
+_MEAN = metadata.WINDOW_AGGREGATES.index("mean")
+
+
+def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
+    """The dead_units cause of anomaly `a`, or None (see the module doc)."""
+    if a.kind != "plateau":
+        return None
+    run = ctx.run
+    i = ctx.idx(a.step)
+    g = run.col("grad_norm")
+    early = np.nanmax(g[:max(i, 1)]) if i > 0 else np.nan
+    during = nanmedian(g[i:])
+    evidence = [f"The loss is pinned at {fmt(a.peak_value)} ≈ ln {ctx.classes} "
+                f"from step {a.step}: the output is the class prior."]
+    confidence = PINNED_CONFIDENCE
+    if np.isfinite(early) and np.isfinite(during) and during < GRAD_COLLAPSE * early:
+        evidence.append(f"The gradient norm collapsed from {fmt(early)} to "
+                        f"{fmt(during)} after the first steps.")
+        confidence = COLLAPSED_CONFIDENCE
+    variable = None
+    if len(run.window_steps) and ctx.kernels:
+        w = min(int(np.searchsorted(run.window_steps, a.step)), len(run.window_steps) - 1)
+        means = run.window[w, ctx.kernels, STAT["grad_norm"], _MEAN]
+        zero = [ctx.kernels[j] for j in np.flatnonzero(means == 0.0)]
+        if zero:
+            variable = ctx.name(zero[0])
+            evidence.append(f"The gradient of {variable} is exactly zero: its "
+                            f"units are dead.")
+            confidence = ZERO_GRADIENT_CONFIDENCE
+    return make_cause(C.DEAD_UNITS, confidence, evidence, variable=variable)

@@ -94,12 +94,20 @@ def test_vendor_check_passes():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_js_unit_tests():
+def test_js_unit_tests(tmp_path):
+    """The node unit tests, with the backend's cause registry (GET causes's
+    payload) for the test that checks the tab can draw every cause."""
+    from tb_stability.server import payloads
+
     node = shutil.which("node")
     _need("node", node)
-    proc = subprocess.run([node, "--test", "test/unit/"], cwd=FRONTEND,
+    registry = tmp_path / "causes.json"
+    registry.write_text(json.dumps(payloads.causes()))
+    env = dict(os.environ, TB_STABILITY_CAUSES_JSON=str(registry))
+    proc = subprocess.run([node, "--test", "test/unit/"], cwd=FRONTEND, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "# skipped 0" in proc.stdout, proc.stdout[-3000:]
 
 
 def _get_json(url):

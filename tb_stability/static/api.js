@@ -25,6 +25,8 @@ const q = encodeURIComponent;
 
 export const api = {
   runs: (signal) => getJSON('./runs', signal),
+  /** The cause registry: ids, titles, fixes, colours, shapes, labels. */
+  causes: (signal) => getJSON('./causes', signal),
   /** The whole run, or only the inclusive step range `range` ([first, last]). */
   timeline: (run, width, signal, range = null) => getJSON(timelineUrl(run, width, range), signal),
   anomaly: (run, step, signal) => getJSON(`./anomaly?run=${q(run)}&step=${q(step)}`, signal),

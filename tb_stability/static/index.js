@@ -14,7 +14,7 @@ import {api} from './api.js';
 import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
   decodeTimeline, evidenceRowsNote, evidenceSparseNote, findAnomaly, formatNumber, formatPercent, formatStep,
-  highlightRow, mergeTimelines, needsZoomFetch, requestWidth, shapePath, stepAnomaly,
+  highlightRow, mergeTimelines, needsZoomFetch, requestWidth, setCauses, shapePath, stepAnomaly,
   timelineUrl, variableIndex, zoomSteps, zoomWidth,
 } from './model.js';
 import {AdamChartView} from './views/adamChart.js';
@@ -105,6 +105,7 @@ class App {
     this.adamVariable = -1;
     this.token = 0;
     this.detailToken = 0;
+    this.causes = null;       // the cause registry (GET causes)
     this.stats = {reloads: 0, timelineFetches: 0, zoomFetches: 0, drawMs: null, decodeMs: null};
   }
 
@@ -113,6 +114,7 @@ class App {
     await Promise.all([
       loadCss(new URL('vendor/uplot/uPlot.min.css', base).href),
       loadCss(new URL('style.css', base).href),
+      this.loadCauses(),
     ]);
     document.body.classList.add('tbs');
     this.buildShell();
@@ -134,6 +136,17 @@ class App {
       });
     }).observe(this.main);
     await this.loadRuns();
+  }
+
+  /** The cause registry (ids, titles, colours, shapes, labels), once:
+   * without it every cause draws in the neutral fallback style. */
+  async loadCauses() {
+    try {
+      this.causes = setCauses(await api.causes());
+    } catch (e) {
+      this.causes = setCauses(null);
+      console.warn(`tb_stability: no cause registry (${e.message}): causes drawn in a neutral style`);
+    }
   }
 
   buildShell() {
@@ -407,7 +420,7 @@ class App {
         el('td', {}, a.kind || ''),
         el('td', {class: 'cause-cell'}, svgShape(shapePath(s.shape, 11), s.color, 11), ' ', s.label),
         el('td', {class: 'num'}, formatPercent(c.confidence)),
-        el('td', {class: 'layer-cell', title: c.layer || ''}, c.layer || '')));
+        el('td', {class: 'layer-cell', title: c.variable || c.layer || ''}, c.layer || '')));
       });
       list.appendChild(el('div', {class: 'table-wrap'}, el('table', {class: 'anomalies'},
         el('thead', {}, el('tr', {}, el('th', {}, 'step'), el('th', {}, 'kind'), el('th', {}, 'cause'),

@@ -1,30 +1,63 @@
-// Pure data functions of the Stability tab: no DOM, no fetch. Everything
-// here is covered by test/unit/model.test.mjs (node --test).
+// Pure data functions of the Stability tab: no DOM, no fetch. The one piece
+// of state is the cause registry the views draw with, set once from the
+// backend's `GET causes` (setCauses). Everything here is covered by
+// test/unit/*.test.mjs (node --test).
 
-/** Cause ids (tb_stability/analysis/causes.py ALL), with how they are drawn.
- * Every cause has its own colour *and* its own shape, so the markers stay
- * distinguishable in grey-scale and for colour-blind readers. */
-export const CAUSES = Object.freeze({
-  adam_epsilon: {color: '#f28e2b', shape: 'diamond', label: "Adam v\u0302 decay (\u03b5)"},
-  summed_loss: {color: '#b07aa1', shape: 'square', label: 'Summed loss'},
-  log_zero: {color: '#e15759', shape: 'x', label: 'log(0) in loss'},
-  nonfinite_gradient: {color: '#c2185b', shape: 'star', label: 'NaN/Inf in backward'},
-  nonfinite_input: {color: '#9c755f', shape: 'plus', label: 'NaN/Inf from data'},
-  unnormalized_inputs: {color: '#59a14f', shape: 'hexagon', label: 'Unnormalised inputs'},
-  exploding_gradient: {color: '#4e79a7', shape: 'triangle-up', label: 'Exploding gradient'},
-  vanishing_gradient: {color: '#76b7b2', shape: 'triangle-down', label: 'Vanishing gradient'},
-  dead_units: {color: '#8f7fd6', shape: 'pentagon', label: 'Dead units'},
-  bad_init: {color: '#d37295', shape: 'triangle-right', label: 'Bad init'},
-  learning_rate: {color: '#d4a20a', shape: 'triangle-left', label: 'Learning rate'},
-  bad_batch: {color: '#17a2b8', shape: 'circle', label: 'Bad batch'},
-  unknown: {color: '#8d8d8d', shape: 'ring', label: 'Unknown'},
+// ---------------------------------------------------------------- causes
+
+/** How a cause is drawn when the registry has no entry for it (an id it
+ * does not know, or no registry at all: `GET causes` failed): a neutral
+ * grey ring. The registry's own `unknown` entry is used first. */
+export const FALLBACK_STYLE = Object.freeze({
+  cause: 'unknown', title: '', fix: '', color: '#8d8d8d', shape: 'ring', label: 'Unknown',
 });
 
-export const CAUSE_IDS = Object.freeze(Object.keys(CAUSES));
+const str = (v, fallback) => (typeof v === 'string' && v ? v : fallback);
 
-/** The drawing style of a cause id; unknown ids get the `unknown` style. */
-export function causeStyle(id) {
-  return Object.prototype.hasOwnProperty.call(CAUSES, id) ? CAUSES[id] : CAUSES.unknown;
+/**
+ * The cause registry from the `GET causes` payload (backend
+ * tb_stability/analysis/causes.py, the only definition of the causes):
+ * {ids (in the registry's order), byId: Map id -> frozen {cause, title,
+ * fix, color, shape, label}}. Entries without a string id are dropped (the
+ * first of a repeated id wins); a missing field takes FALLBACK_STYLE's
+ * (title and fix: ''). A missing or malformed payload gives an empty
+ * registry, in which every id draws in FALLBACK_STYLE.
+ * @param {?Object} payload the /causes response
+ * @return {{ids: !Array<string>, byId: !Map<string, !Object>}}
+ */
+export function causeRegistry(payload) {
+  const list = payload && Array.isArray(payload.causes) ? payload.causes : [];
+  const byId = new Map();
+  for (const c of list) {
+    if (!c || typeof c.cause !== 'string' || !c.cause || byId.has(c.cause)) continue;
+    byId.set(c.cause, Object.freeze({
+      cause: c.cause, title: str(c.title, ''), fix: str(c.fix, ''),
+      color: str(c.color, FALLBACK_STYLE.color), shape: str(c.shape, FALLBACK_STYLE.shape),
+      label: str(c.label, c.cause),
+    }));
+  }
+  return Object.freeze({ids: Object.freeze([...byId.keys()]), byId});
+}
+
+// The registry the tab draws with: empty until the tab's start sets it.
+let registry = causeRegistry(null);
+
+/** Sets the registry the views draw with (the /causes payload); returns it. */
+export function setCauses(payload) {
+  registry = causeRegistry(payload);
+  return registry;
+}
+
+/** The cause ids of the current registry, in its order. */
+export function causeIds() {
+  return registry.ids;
+}
+
+/** The drawing style ({color, shape, label, ...}) of a cause id in the
+ * registry `reg` (default: the current one); an id it does not know gets
+ * its `unknown` entry, else FALLBACK_STYLE. */
+export function causeStyle(id, reg = registry) {
+  return reg.byId.get(id) || reg.byId.get('unknown') || FALLBACK_STYLE;
 }
 
 /** The cause id of an anomaly (its top cause), or 'unknown'. */
@@ -251,14 +284,17 @@ export function findAnomaly(anomalies, step) {
   return i;
 }
 
-/** Count of anomalies per top cause, in CAUSE_IDS order: [[id, n], ...]. */
-export function causeCounts(anomalies) {
+/** Count of anomalies per top cause, in the registry's order (`reg`,
+ * default: the current one): [[id, n], ...]. An id the registry does not
+ * know counts as 'unknown' (last unless the registry places it). */
+export function causeCounts(anomalies, reg = registry) {
   const n = new Map();
   for (const a of anomalies || []) {
-    const id = CAUSES[anomalyCause(a)] ? anomalyCause(a) : 'unknown';
+    const id = reg.byId.has(anomalyCause(a)) ? anomalyCause(a) : 'unknown';
     n.set(id, (n.get(id) || 0) + 1);
   }
-  return CAUSE_IDS.filter((id) => n.has(id)).map((id) => [id, n.get(id)]);
+  const order = reg.byId.has('unknown') ? reg.ids : [...reg.ids, 'unknown'];
+  return order.filter((id) => n.has(id)).map((id) => [id, n.get(id)]);
 }
 
 // ---------------------------------------------------------------- timeline

@@ -16,6 +16,8 @@ import {join} from 'node:path';
 import {parseArgs} from 'node:util';
 import {chromium} from 'playwright-core';
 
+import {causeRegistry, causeStyle, shapePath} from '../../../tb_stability/static/model.js';
+
 const {values: args} = parseArgs({options: {
   url: {type: 'string'}, chromium: {type: 'string', default: '/usr/bin/chromium'},
   artifacts: {type: 'string', default: 'test-artifacts'}, 'html-run': {type: 'string'},
@@ -50,6 +52,11 @@ const timelineUrls = [];
 page.on('request', (r) => {
   if (r.url().includes('/data/plugin/tb_stability/timeline')) { timelineRequests++; timelineUrls.push(r.url()); }
 });
+
+/** The size of a marker's SVG (its width attribute). */
+async function markerSize(marker) {
+  return Number(await marker.locator('svg').first().getAttribute('width'));
+}
 
 function pluginFrame() {
   const f = page.frames().find((fr) => fr.url().includes('plugin_entry.html?name=tb_stability'));
@@ -200,6 +207,17 @@ const t0 = Date.now();
 try {
   const runs = (await getJSON('/runs')).runs.map((r) => r.run);
   assert.ok(runs.length > 0, 'the backend lists runs');
+  // The served cause registry: every shape one that shapePath draws (an
+  // unknown name would fall back to the circle), colours and shapes apart.
+  const registry = causeRegistry(await getJSON('/causes'));
+  assert.ok(registry.ids.includes('unknown') && registry.ids.length >= 2, 'GET causes lists the causes');
+  for (const id of registry.ids) {
+    const {shape} = registry.byId.get(id);
+    assert.ok(shape === 'circle' || shapePath(shape, 12) !== shapePath('circle', 12), `${id}: shapePath cannot draw ${shape}`);
+  }
+  const styles = registry.ids.map((id) => registry.byId.get(id));
+  assert.equal(new Set(styles.map((c) => c.color)).size, styles.length, 'one colour per cause');
+  assert.equal(new Set(styles.map((c) => c.shape)).size, styles.length, 'one shape per cause');
 
   // 1. The tab appears and draws the first run.
   await page.goto(`${BASE}/#tb_stability`);
@@ -218,7 +236,7 @@ try {
     candidates.push({run, t});
   }
   const main = candidates.find((c) => c.run === args.run) ||
-    candidates.find((c) => c.t.anomalies.some((a) => a.cause && a.cause.layer)) ||
+    candidates.find((c) => c.t.anomalies.some((a) => a.cause && a.cause.variable)) ||
     candidates.find((c) => c.t.anomalies.length) || candidates[0];
   assert.ok(main, 'a run to test');
   log('main run', main.run, 'anomalies', main.t.anomalies.length);
@@ -229,12 +247,19 @@ try {
   assert.deepEqual([...markerSteps].sort((a, b) => a - b), main.t.anomalies.map((a) => a.step).sort((a, b) => a - b));
   for (const a of main.t.anomalies) {
     const m = frame.locator(`[data-testid=anomaly-marker][data-step="${a.step}"]`).first();
-    assert.equal(await m.getAttribute('data-cause'), a.cause ? a.cause.cause : 'unknown');
+    const id = a.cause ? a.cause.cause : 'unknown';
+    assert.equal(await m.getAttribute('data-cause'), id);
+    // drawn in the served registry's style
+    const style = causeStyle(id, registry);
+    assert.equal(await m.locator('path').first().getAttribute('fill'), style.color, `${id}: the registry's colour`);
+    assert.equal(await m.locator('path').first().getAttribute('d'), shapePath(style.shape, await markerSize(m)), `${id}: the registry's shape`);
   }
+  const legend = await frame.locator('[data-testid=legend] .legend-item').evaluateAll((is) => is.map((i) => [i.dataset.cause, i.textContent]));
+  for (const [id, text] of legend) assert.ok(text.includes(causeStyle(id, registry).label), `legend: ${id} labelled from the registry`);
   await shot('timeline.png');
 
   if (main.t.anomalies.length) {
-    const target = main.t.anomalies.find((a) => a.cause && a.cause.layer) || main.t.anomalies[0];
+    const target = main.t.anomalies.find((a) => a.cause && a.cause.variable) || main.t.anomalies[0];
     await frame.locator(`[data-testid=anomaly-marker][data-step="${target.step}"]`).first().click();
     const card = frame.locator('[data-testid=cause-card]');
     await card.waitFor();
@@ -243,9 +268,15 @@ try {
     const top = detail.causes[0];
     assert.equal(await frame.locator('[data-testid=cause-id]').textContent(), top.cause, 'the card shows the top cause');
     assert.equal(await frame.locator('[data-testid=cause-title]').textContent(), top.title);
-    const layerText = await frame.locator('[data-testid=cause-layer]').textContent();
-    if (top.layer) assert.equal(layerText, top.layer, 'the card shows the implicated layer');
-    else assert.match(layerText, /none implicated/);
+    const variableText = await frame.locator('[data-testid=cause-variable]').textContent();
+    if (top.variable) {
+      assert.equal(variableText, top.variable, 'the card shows the implicated variable');
+      assert.equal(top.layer, top.variable.includes('/') ? top.variable.slice(0, top.variable.lastIndexOf('/')) : top.variable,
+        "the cause's layer is its variable's layer");
+      if (detail.evidence.highlight) assert.equal(detail.evidence.highlight.variable, top.variable, 'the heatmap highlights that variable');
+    } else {
+      assert.match(variableText, /none implicated/);
+    }
     assert.equal(await frame.locator('[data-testid=cause-fix]').textContent(), top.fix);
     assert.equal(await frame.locator('[data-testid=cause-evidence] li').count(), (top.evidence || []).length);
     await frame.locator('[data-testid=heatmap-row]').first().waitFor({timeout: 30000});

@@ -4,14 +4,22 @@ import {readFileSync} from 'node:fs';
 import {test} from 'node:test';
 
 import {
-  CAUSES, CAUSE_IDS, anomalyCause, canLog, causeCounts, causeStyle, colormap,
+  FALLBACK_STYLE, anomalyCause, canLog, causeCounts, causeIds, causeRegistry, causeStyle, colormap,
   commonPathPrefix, decodeArray, decodeFloat, decodeMatrix, decodeTimeline,
   findAnomaly, formatLead, formatNumber, formatPercent, formatStep,
   formatStepShort, logSplits, middleEllipsis, nearestIndex, normalizeHeatmap,
-  plottable, requestWidth, shapePath, shouldLog, sortAnomalies, stepAnomaly,
+  plottable, requestWidth, setCauses, shapePath, shouldLog, sortAnomalies, stepAnomaly,
 } from '../../../tb_stability/static/model.js';
 
-const PY_CAUSES = new URL('../../../tb_stability/analysis/causes.py', import.meta.url);
+// A /causes payload of three causes (the real one is the backend's
+// tb_stability/analysis/causes.py, served as GET causes).
+const FIXTURE = {causes: [
+  {cause: 'adam_epsilon', title: 'Adam', fix: 'Raise epsilon.', color: '#f28e2b', shape: 'diamond', label: 'Adam v\u0302 decay'},
+  {cause: 'bad_batch', title: 'One bad batch', fix: 'Filter it.', color: '#17a2b8', shape: 'circle', label: 'Bad batch'},
+  {cause: 'unknown', title: 'No known mechanism', fix: 'Look.', color: '#8d8d8d', shape: 'ring', label: 'Unknown'},
+]};
+// The real registry, when test_frontend.py passes the backend's payload.
+const SERVED = process.env.TB_STABILITY_CAUSES_JSON;
 
 test('decodeFloat: numbers, encoded non-finite strings, null', () => {
   assert.equal(decodeFloat(1.5), 1.5);
@@ -122,25 +130,66 @@ test('anomaly ordering and keyboard navigation', () => {
   assert.equal(findAnomaly(list, 5), -1);
 });
 
-test('every cause id of the backend has its own colour and shape', () => {
-  const src = readFileSync(PY_CAUSES, 'utf8');
-  const ids = [...src.matchAll(/^[A-Z_]+ = "([a-z_]+)"$/gm)].map((m) => m[1]);
-  assert.equal(ids.length, 13);
-  assert.deepEqual([...ids].sort(), [...CAUSE_IDS].sort());
-  const pairs = new Set(CAUSE_IDS.map((id) => `${CAUSES[id].color}|${CAUSES[id].shape}`));
-  assert.equal(pairs.size, 13);
-  assert.equal(new Set(CAUSE_IDS.map((id) => CAUSES[id].shape)).size, 13);
-  assert.equal(new Set(CAUSE_IDS.map((id) => CAUSES[id].color)).size, 13);
-  for (const id of CAUSE_IDS) assert.match(shapePath(CAUSES[id].shape, 12), /^M[\d.,\- MLZhvaz]+$/i);
-  assert.equal(causeStyle('no_such_cause'), CAUSES.unknown);
+test('causeRegistry: the served entries in order, malformed ones dropped', () => {
+  const reg = causeRegistry({causes: [...FIXTURE.causes, {cause: 'bad_batch', color: '#000000'}, null, {title: 'no id'},
+    {cause: 'partial'}]});
+  assert.deepEqual(reg.ids, ['adam_epsilon', 'bad_batch', 'unknown', 'partial']);
+  assert.equal(reg.byId.get('bad_batch').color, '#17a2b8');  // the first of a repeated id wins
+  assert.deepEqual(reg.byId.get('partial'), {cause: 'partial', title: '', fix: '', color: FALLBACK_STYLE.color,
+    shape: FALLBACK_STYLE.shape, label: 'partial'});
+  for (const bad of [null, undefined, {}, {causes: 'x'}, []]) assert.deepEqual(causeRegistry(bad).ids, []);
+});
+
+test('causeStyle: the registry entry; an id it does not know gets its unknown entry, else the fallback', () => {
+  const reg = causeRegistry(FIXTURE);
+  assert.equal(causeStyle('adam_epsilon', reg).shape, 'diamond');
+  assert.equal(causeStyle('adam_epsilon', reg).label, 'Adam v\u0302 decay');
+  assert.equal(causeStyle('no_such_cause', reg), reg.byId.get('unknown'));
+  const noUnknown = causeRegistry({causes: FIXTURE.causes.slice(0, 2)});
+  assert.equal(causeStyle('no_such_cause', noUnknown), FALLBACK_STYLE);
+  assert.equal(causeStyle('adam_epsilon', causeRegistry(null)), FALLBACK_STYLE);
+  assert.match(shapePath(FALLBACK_STYLE.shape, 12), /^M[\d.,\- MLZhvaz]+$/i);
   assert.equal(anomalyCause({cause: {cause: 'bad_batch'}}), 'bad_batch');
   assert.equal(anomalyCause({cause: null}), 'unknown');
 });
 
-test('causeCounts groups by top cause in a stable order', () => {
-  const counts = causeCounts([{cause: {cause: 'bad_batch'}}, {cause: {cause: 'adam_epsilon'}},
-    {cause: {cause: 'bad_batch'}}, {cause: {cause: 'weird'}}]);
-  assert.deepEqual(counts, [['adam_epsilon', 1], ['bad_batch', 2], ['unknown', 1]]);
+test('setCauses sets the registry the views draw with', () => {
+  try {
+    setCauses(null);
+    assert.deepEqual(causeIds(), []);
+    assert.equal(causeStyle('bad_batch'), FALLBACK_STYLE);  // before the registry arrives
+    setCauses(FIXTURE);
+    assert.deepEqual(causeIds(), ['adam_epsilon', 'bad_batch', 'unknown']);
+    assert.equal(causeStyle('bad_batch').color, '#17a2b8');
+  } finally {
+    setCauses(null);
+  }
+});
+
+test('causeCounts groups by top cause in the registry order', () => {
+  const anomalies = [{cause: {cause: 'bad_batch'}}, {cause: {cause: 'adam_epsilon'}},
+    {cause: {cause: 'bad_batch'}}, {cause: {cause: 'weird'}}, {cause: null}];
+  const reg = causeRegistry(FIXTURE);
+  assert.deepEqual(causeCounts(anomalies, reg), [['adam_epsilon', 1], ['bad_batch', 2], ['unknown', 2]]);
+  // unknown last when the registry does not place it; everything unknown without a registry
+  const reversed = causeRegistry({causes: [FIXTURE.causes[1], FIXTURE.causes[0]]});
+  assert.deepEqual(causeCounts(anomalies, reversed), [['bad_batch', 2], ['adam_epsilon', 1], ['unknown', 2]]);
+  assert.deepEqual(causeCounts(anomalies, causeRegistry(null)), [['unknown', 5]]);
+  assert.deepEqual(causeCounts([], reg), []);
+});
+
+test('the served registry: every cause has its own colour and a shape shapePath draws', {skip: !SERVED && 'TB_STABILITY_CAUSES_JSON not set (tests/test_frontend.py sets it)'}, () => {
+  const reg = causeRegistry(JSON.parse(readFileSync(SERVED, 'utf8')));
+  assert.ok(reg.ids.includes('unknown'));
+  const styles = reg.ids.map((id) => reg.byId.get(id));
+  assert.equal(new Set(styles.map((c) => c.color)).size, styles.length);
+  assert.equal(new Set(styles.map((c) => c.shape)).size, styles.length);
+  for (const c of styles) {
+    assert.match(c.color, /^#[0-9a-f]{6}$/);
+    assert.match(shapePath(c.shape, 12), /^M[\d.,\- MLZhvaz]+$/i);
+    assert.ok(c.shape === 'circle' || shapePath(c.shape, 12) !== shapePath('circle', 12), `${c.cause}: no such shape ${c.shape}`);
+    assert.ok(c.label && c.title && c.fix, c.cause);
+  }
 });
 
 test('decodeTimeline: bucket centres, decoded series, non-finite buckets', () => {

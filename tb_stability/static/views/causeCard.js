@@ -1,11 +1,11 @@
 // The cause card of one anomaly: its top cause in plain words, with
-// confidence, implicated layer, lead, evidence sentences and fix; the other
+// confidence, implicated variable, lead, evidence sentences and fix; the other
 // candidate causes ranked below.
 //
 //   section.card[data-testid=cause-card][data-step][data-cause]
 //     .card-head       marker shape, kind, steps, prev/next
 //     h2.cause-title   [data-testid=cause-title]
-//     dl.facts         confidence, layer, lead, loss
+//     dl.facts         confidence, variable, lead, loss
 //     ul.evidence      [data-testid=cause-evidence]
 //     .fix             [data-testid=cause-fix]
 //     ol.alternatives  [data-testid=cause-alternatives]
@@ -55,6 +55,7 @@ export function causeCard(anomaly, detail, opts) {
   const top = causes[0] || {cause: 'unknown'};
   const id = top.cause || anomalyCause(anomaly);
   const style = causeStyle(id);
+  const implicated = top.variable || top.layer || null;  // the heatmap's highlighted row
 
   const head = el('div', {class: 'card-head'},
     svgShape(shapePath(style.shape, 14), style.color, 14, 'rgba(0,0,0,0.5)'),
@@ -74,8 +75,8 @@ export function causeCard(anomaly, detail, opts) {
     el('dt', {}, 'cause'), el('dd', {},
       el('span', {class: 'cause-chip', style: {borderColor: style.color}}, el('code', {'data-testid': 'cause-id'}, id))),
     el('dt', {}, 'confidence'), el('dd', {'data-testid': 'cause-confidence'}, confidenceBar(top.confidence, style.color)),
-    el('dt', {}, 'layer'), el('dd', {class: 'layer', 'data-testid': 'cause-layer'},
-      top.layer ? el('code', {}, top.layer) : el('span', {class: 'muted'}, 'none implicated')),
+    el('dt', {}, 'variable'), el('dd', {class: 'layer', 'data-testid': 'cause-variable', title: top.layer ? `layer ${top.layer}` : null},
+      implicated ? el('code', {}, implicated) : el('span', {class: 'muted'}, 'none implicated')),
     el('dt', {}, 'lead'), el('dd', {'data-testid': 'cause-lead'}, formatLead(top.lead_steps)),
     el('dt', {}, 'steps'), el('dd', {}, stepsLine(anomaly)),
     el('dt', {}, 'loss'), el('dd', {'data-testid': 'anomaly-loss'}, lossLine(anomaly)));
@@ -112,7 +113,7 @@ export function causeCard(anomaly, detail, opts) {
               svgShape(shapePath(s.shape, 11), s.color, 11),
               el('span', {class: 'alt-title'}, c.title || s.label),
               confidenceBar(c.confidence, s.color),
-              c.layer ? el('code', {class: 'alt-layer'}, c.layer) : null),
+              (c.variable || c.layer) ? el('code', {class: 'alt-layer'}, c.variable || c.layer) : null),
             Array.isArray(c.evidence) && c.evidence.length
               ? el('ul', {class: 'evidence'}, c.evidence.map((x) => el('li', {}, String(x)))) : null,
             c.fix ? el('div', {class: 'fix small'}, c.fix) : null));

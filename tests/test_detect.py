@@ -107,3 +107,59 @@ def test_skipped_loss_scale_steps_are_not_anomalies():
 def test_empty_and_tiny_inputs():
     assert detect_anomalies([], []) == []
     assert detect_anomalies([0, 1, 2], [1.0, 1.0, 1.0]) == []
+
+
+def _train(seed, n=6000):
+    """A train of spikes riding on each other's decaying tails, in log10.
+
+    Level anywhere from 1e-14 to 1e4, noise of 0.01-0.15 decades, sometimes
+    a slow descent; each spike rises 2-7 decades (100x and more) over 1-14
+    steps and decays exponentially; the next starts once the tail has fallen
+    below a quarter of its height (a person sees two spikes), often long
+    before it is back at the level. Returns (steps, loss, peak steps).
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(-14, 4) + rng.normal(0, rng.uniform(0.01, 0.15), n)
+    if rng.random() < 0.5:
+        y -= np.linspace(0, rng.uniform(0, 1.5), n)
+    t, peaks = int(rng.integers(300, 600)), []
+    idx = np.arange(n)
+    for _ in range(int(rng.integers(1, 12))):
+        height, rise, tau = rng.uniform(2, 7), int(rng.integers(1, 15)), rng.uniform(5, 60)
+        rel = idx - t
+        bump = np.where(rel < rise, height * (rel + 1) / rise,
+                        height * np.exp(-(rel - rise + 1) / tau))
+        y += np.where(rel >= 0, bump, 0.0)
+        peaks.append(t + rise - 1)
+        t += int(rise + tau * rng.uniform(1.5, 4.0)) + int(rng.integers(10, 40))
+        if t > n - 200:
+            break
+    return idx, 10.0 ** y, peaks
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_spike_of_a_train_is_its_own_anomaly(seed):
+    steps, loss, peaks = _train(seed)
+    found = detect_anomalies(steps, loss)
+    assert len(found) == len(peaks), ([(a.step, a.peak_step) for a in found], peaks)
+    for a, peak in zip(found, peaks):
+        assert a.kind == "spike"
+        assert a.step <= peak + 1 and peak < a.end_step, (a, peak)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_first_rise_that_runs_into_a_divergence_is_its_onset(seed):
+    """Adam's blow-up from a tiny loss: a first bump 10x over the level falls
+    back to hover 2-4x above it, then the loss grows geometrically. One
+    anomaly: a divergence from the first rise."""
+    rng = np.random.default_rng(seed)
+    n, rise_at = 3000, 2000
+    y = np.log10(2e-14) + rng.normal(0, 0.06, n)
+    rel = np.arange(n) - rise_at
+    bump = np.clip(1 - np.abs(rel - 8) / 8, 0, None) * 0.8  # peaks ~1 decade up
+    hover = np.where(rel > 0, 0.45, 0.0)  # ~3x above, not settled
+    runaway = np.where(rel > 60, (rel - 60) * 0.02, 0.0)  # then 10x per 50 steps
+    loss = 10.0 ** (y + bump + hover + runaway)
+    found = detect_anomalies(np.arange(n), loss)
+    assert [a.kind for a in found] == ["divergence"], found
+    assert rise_at - 2 <= found[0].step <= rise_at + 10

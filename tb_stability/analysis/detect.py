@@ -10,6 +10,13 @@ Everything is judged in log10 space, so it holds on losses from 1e-14 to
 it is more than 6 robust standard deviations *and* a factor of 10 above the
 baseline: the noise of small-batch SGD and a fast early descent (the
 baseline lags above a falling loss) never qualify.
+
+One blow-up is one anomaly: a first rise that settles only to hover above
+its level before running away is the divergence's onset. Every spike of a
+train is its own anomaly: the baseline is computed a second time without
+the excursions (their tails would inflate its scale and hide the next
+spike), and an excursion whose envelope falls by half its height and rises
+10x again is split there.
 """
 
 import dataclasses
@@ -29,6 +36,9 @@ ONSET = math.log10(2.0)  # onset: the first step 2x above the baseline
 PLATEAU_TOL = 0.02  # relative distance of a block median to ln C: pinned
 PLATEAU_MIN_STEPS = 100
 MAX_NONFINITE = 20  # nonfinite anomalies reported per run, at most
+ENVELOPE = 9  # steps of the running maximum a spike train is split on
+QUIET_PASSES = 4  # baselines recomputed without the excursions, at most
+TRAIN_DROP = 0.5  # a spike of a train ends once its envelope fell half its height
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +103,113 @@ def baseline(y):
     return np.repeat(base_k, BLOCK)[:n], np.repeat(scale_k, BLOCK)[:n]
 
 
+def _recovered_at(y, b, first, rec):
+    """The first step from `first` on where the loss is back near `b`.
+
+    Back near: within `rec` (log10) of `b` on that step and then settled,
+    the median of the next block within `rec` too (one low point in a tail
+    that swings by a decade from step to step is not a recovery). A short
+    spike, back within `rec` for two steps within ENVELOPE steps of its
+    peak, has recovered even if the loss rises again right after (a bad
+    batch, then the damage it did to the weights: two anomalies). None if
+    the loss never recovers.
+    """
+    with np.errstate(invalid="ignore"):
+        near = np.flatnonzero(np.isfinite(y[first:]) & (y[first:] - b <= rec)) + first
+    finite = np.where(np.isfinite(y), y, -np.inf)
+    for i in near:
+        after = y[i + 1:i + 1 + BLOCK]
+        after = after[np.isfinite(after)]
+        if len(after) == 0 or np.median(after) - b <= rec:
+            return int(i)
+        peak = first + int(np.argmax(finite[first:i + 1]))
+        if i - peak <= ENVELOPE and y[i + 1] - b <= rec:
+            return int(i)
+    return None
+
+
+def _envelope(seg):
+    """Running maximum of `seg` over the last ENVELOPE steps (-inf for NaN)."""
+    seg = np.where(np.isfinite(seg), seg, -np.inf)
+    pad = np.concatenate([np.full(ENVELOPE - 1, -np.inf), seg])
+    return seg, np.lib.stride_tricks.sliding_window_view(pad, ENVELOPE).max(axis=1)
+
+
+def _train_onsets(y, onset, stop, b, high):
+    """Onsets of the spikes inside one excursion [onset, stop).
+
+    Judged on the loss's running maximum (`_envelope`: the tail of a spike
+    swings by a decade from step to step, its envelope does not). A new
+    spike starts where the envelope, after falling below the current
+    spike's peak by TRAIN_DROP of its height above `b` (and at least
+    MIN_DECADES), rises again by MIN_DECADES from its trough, to above
+    `high` (the excursion's detection level). The onset is the first step
+    of that rise more than ONSET above the trough.
+    """
+    starts = [onset]
+    seg, env = _envelope(y[onset:stop])
+    peak, trough, trough_k = -np.inf, None, None
+    for k, v in enumerate(env):
+        if not np.isfinite(v):
+            continue
+        if trough is None:
+            if v > peak:
+                peak = v
+            elif peak - v >= max(MIN_DECADES, TRAIN_DROP * (peak - b)):
+                trough, trough_k = v, k
+        elif v < trough:
+            trough, trough_k = v, k
+        elif v - trough >= MIN_DECADES and seg[k] > high:
+            rise = k
+            while rise > trough_k + 1 and seg[rise - 1] - trough > ONSET:
+                rise -= 1
+            starts.append(onset + rise)
+            peak, trough = v, None
+    return starts
+
+
+def _settled_rise(y, floor, first):
+    """Whether a rise just after a recovery is a new excursion.
+
+    The tail of a recovered spike still wanders: within 2 blocks of the
+    recovery at `floor`, a new excursion must rise MIN_DECADES above the
+    lowest loss since then.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        settled = np.nanmin(y[max(floor - 1, 0):first + 1])
+    return bool(y[first] - settled >= MIN_DECADES)
+
+
+def _hovered(steps, y, spike, onset, floor):
+    """Whether the loss hovered above `spike`'s baseline until `onset`.
+
+    True when the onset reaches back to the spike's end (`floor`: every
+    step between was over 2x above the level), or the median from the
+    spike's end to `onset` stays more than ONSET above the baseline: the
+    spike never settled, so a divergence from `onset` is the same blow-up,
+    and the spike its first rise.
+    """
+    e = int(np.searchsorted(steps, spike.end_step))
+    if onset <= max(e, floor):
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        between = np.nanmedian(y[e:onset])
+    return not between - math.log10(spike.baseline) <= ONSET
+
+
 def _excursions(steps, loss, y, base, scale, stop_at=None):
-    """Spikes and divergences: excursions far above the baseline."""
+    """Spikes and divergences: excursions far above the baseline.
+
+    An excursion starts at a step over `max(Z * scale, MIN_DECADES)` above
+    the baseline, its onset reaching back over the steps 2x above it, and
+    ends where the loss is back within 3x and stays (`_recovered_at`); one
+    that never recovers is a divergence. A divergence that follows a spike
+    before the loss settled takes the spike as its onset (one blow-up, one
+    anomaly); inside an excursion every re-rise of a train is a spike of its
+    own (`_train_onsets`).
+    """
     n = len(y)
     limit = np.maximum(Z * scale, MIN_DECADES)
     with np.errstate(invalid="ignore"):
@@ -106,34 +221,85 @@ def _excursions(steps, loss, y, base, scale, stop_at=None):
     floor = 0  # an onset never reaches back into the previous excursion
     while i < len(hot):
         first = int(hot[i])
+        if found and first - floor < 2 * BLOCK and not _settled_rise(y, floor, first):
+            i += 1
+            continue
         b, s = base[first], scale[first]
-        back = max(ONSET, 2 * s)
-        onset = first
-        while onset > floor and np.isfinite(y[onset - 1]) and y[onset - 1] - b > back \
-                and first - onset < 4 * BLOCK * BLOCKS:
-            onset -= 1
-        # The excursion ends at the first step back within 3x of b.
-        rec = max(RECOVERED, 3 * s)
-        tail = y[first:]
-        end_rel = np.flatnonzero(np.isfinite(tail) & (tail - b <= rec))
-        end = first + int(end_rel[0]) if len(end_rel) else None
+        onset = _onset(y, first, b, max(ONSET, 2 * s), floor)
+        end = _recovered_at(y, b, first, max(RECOVERED, 3 * s))
         if stop_at is not None and end is not None and end >= stop_at:
             end = None
         stop = end if end is not None else (stop_at if stop_at is not None else n)
-        seg = y[onset:stop]
-        peak = onset + int(np.nanargmax(seg)) if np.any(np.isfinite(seg)) else first
-        found.append(Anomaly(
-            kind="spike" if end is not None else "divergence",
-            step=int(steps[onset]), peak_step=int(steps[peak]),
-            end_step=None if end is None else int(steps[end]),
-            severity=float(y[peak] - b), baseline=float(10 ** b),
-            peak_value=float(loss[peak]),
-        ))
+        starts = _train_onsets(y, onset, stop, b, b + limit[first])
+        if end is None and len(starts) == 1 and found and found[-1].end_step is not None \
+                and _hovered(steps, y, found[-1], onset, floor):
+            spike = found.pop()
+            starts = [int(np.searchsorted(steps, spike.step))]
+            b = math.log10(spike.baseline)
+        found += _segments(steps, loss, y, starts, stop, end, b)
         if end is None:
             break
         floor = end + 1
         i = int(np.searchsorted(hot, end))
     return found
+
+
+def _onset(y, first, b, back, floor):
+    """The onset of an excursion first seen at `first`.
+
+    The first step of the run of steps more than `back` above `b` that ends
+    at `first` (at most 4 baseline spans earlier, never before `floor`).
+    """
+    onset = first
+    while onset > floor and np.isfinite(y[onset - 1]) and y[onset - 1] - b > back \
+            and first - onset < 4 * BLOCK * BLOCKS:
+        onset -= 1
+    return onset
+
+
+def _segments(steps, loss, y, starts, stop, end, b):
+    """One Anomaly per spike of an excursion split at `starts`.
+
+    Every spike but the last ends where the next one starts; the last ends
+    at `end` (None: a divergence).
+    """
+    found = []
+    bounds = starts[1:] + [stop]
+    for k, (lo, hi) in enumerate(zip(starts, bounds)):
+        seg_end = end if k == len(starts) - 1 else hi
+        seg = y[lo:hi]
+        peak = lo + int(np.nanargmax(seg)) if np.any(np.isfinite(seg)) else lo
+        found.append(Anomaly(
+            kind="spike" if seg_end is not None else "divergence",
+            step=int(steps[lo]), peak_step=int(steps[peak]),
+            end_step=None if seg_end is None else int(steps[seg_end]),
+            severity=float(y[peak] - b), baseline=float(10 ** b),
+            peak_value=float(loss[peak]),
+        ))
+    return found
+
+
+def _quiet_baseline(steps, y, excursions):
+    """The baseline again, from the steps outside `excursions`.
+
+    A spike's tail inflates the robust scale of the blocks it falls in, and
+    with it the detection limit, which would hide the next spike of a train.
+    Where no unmasked block is in the history, the last baseline before
+    carries on.
+    """
+    quiet = y.copy()
+    for a in excursions:
+        lo = int(np.searchsorted(steps, a.step))
+        hi = len(y) if a.end_step is None else int(np.searchsorted(steps, a.end_step))
+        quiet[lo:hi] = np.nan
+    base, scale = baseline(quiet)
+    ok = np.isfinite(base)
+    if ok.any() and not ok.all():
+        last = np.maximum.accumulate(np.where(ok, np.arange(len(base)), -1))
+        has = last >= 0
+        base = np.where(has, base[np.maximum(last, 0)], np.nan)
+        scale = np.where(has, scale[np.maximum(last, 0)], scale)
+    return base, scale
 
 
 def _nonfinite(steps, loss, nonfinite_count, skipped=None):
@@ -226,6 +392,18 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
     first_bad = None
     if found:
         first_bad = int(np.searchsorted(steps, found[0].step))
-    found += _excursions(steps, loss, y, base, scale, stop_at=first_bad)
+    excursions = _excursions(steps, loss, y, base, scale, stop_at=first_bad)
+    for _ in range(QUIET_PASSES):
+        # Again, against a baseline the excursions found do not inflate: a
+        # spike's tail masked out of it is longer once it is judged against
+        # the level before the spike, so this repeats until nothing changes.
+        if not excursions:
+            break
+        base, scale = _quiet_baseline(steps, y, excursions)
+        again = _excursions(steps, loss, y, base, scale, stop_at=first_bad)
+        if again == excursions:
+            break
+        excursions = again
+    found += excursions
     found += _plateau(steps, loss, classes)
     return sorted(found, key=lambda a: (a.step, a.kind))

@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         "tf": ["tensorflow>=2.16"],
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "ruff==0.17.6"],
     },
     entry_points={
         "console_scripts": [

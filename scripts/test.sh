@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the tests need into .venv and runs them.
+# Installs everything the tests need into .venv, lints, and runs the tests.
 # Usage: ./scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 npm ci --prefix frontend --no-audit --no-fund
+# Lint and docstrings (ruff, configured in pyproject.toml), then the tests.
+.venv/bin/ruff check .
 export TB_STABILITY_REQUIRE_BROWSER=1
 exec .venv/bin/python -m pytest -q "$@"

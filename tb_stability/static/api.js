@@ -1,4 +1,4 @@
-// The backend's routes (tb_stability/http_api.md), fetched with URLs
+// The backend's routes (tb_stability/server/http_api.md), fetched with URLs
 // relative to the iframe's <base href="plugin/tb_stability/">.
 
 import {timelineUrl} from './model.js';

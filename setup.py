@@ -17,7 +17,7 @@ setup(
     long_description=open(os.path.join(here, "README.md")).read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tb_stability", "tb_stability.*"]),
-    package_data={"tb_stability": ["static/**/*", "static/*", "*.md"]},
+    package_data={"tb_stability": ["static/**/*", "static/*", "*.md", "server/*.md"]},
     python_requires=">=3.9",
     install_requires=[
         "numpy",

@@ -76,9 +76,7 @@ class RecorderConfig:
     def effective_median_every(self) -> int:
         """`median_every` rounded up to a multiple of the statistics' period."""
         every = self.effective_stats_every
-        if self.full_detail:
-            return 1
-        return -(-self.median_every // every) * every
+        return 1 if self.full_detail else -(-self.median_every // every) * every
 
     def replace(self, **options) -> "RecorderConfig":
         """A copy with `options` changed (a TypeError names an unknown one)."""

@@ -114,22 +114,22 @@ def _recovered_at(y, b, first, rec):
     batch, then the damage it did to the weights: two anomalies). None if
     the loss never recovers.
     """
-    with np.errstate(invalid="ignore"):
-        near = np.flatnonzero(np.isfinite(y[first:]) & (y[first:] - b <= rec)) + first
-    finite = np.where(np.isfinite(y), y, -np.inf)
-    for i in near:
+    tail = np.where(np.isfinite(y[first:]), y[first:], -np.inf)
+    highest = np.maximum.accumulate(tail)  # the peak so far, from `first` on
+    for k in np.flatnonzero(tail - b <= rec):
+        i = first + int(k)
         after = y[i + 1:i + 1 + BLOCK]
         after = after[np.isfinite(after)]
         if len(after) == 0 or np.median(after) - b <= rec:
-            return int(i)
-        peak = first + int(np.argmax(finite[first:i + 1]))
-        if i - peak <= ENVELOPE and y[i + 1] - b <= rec:
-            return int(i)
+            return i
+        # A short spike: its peak within the last ENVELOPE steps.
+        if tail[max(k - ENVELOPE, 0):k + 1].max() >= highest[k] and y[i + 1] - b <= rec:
+            return i
     return None
 
 
 def _envelope(seg):
-    """Running maximum of `seg` over the last ENVELOPE steps (-inf for NaN)."""
+    """(`seg` with NaN as -inf, its running maximum over ENVELOPE steps)."""
     seg = np.where(np.isfinite(seg), seg, -np.inf)
     pad = np.concatenate([np.full(ENVELOPE - 1, -np.inf), seg])
     return seg, np.lib.stride_tricks.sliding_window_view(pad, ENVELOPE).max(axis=1)

@@ -24,7 +24,7 @@ def readable_tags(listing):
                   if metadata.is_readable(getattr(series, "plugin_content", None)))
 
 
-def load_from_provider(provider, ctx, experiment_id, run, downsample):
+def load_from_provider(provider, ctx, experiment_id, run, downsample, listing=None):
     """RunData of one run read through TensorBoard's data provider.
 
     Args:
@@ -34,15 +34,18 @@ def load_from_provider(provider, ctx, experiment_id, run, downsample):
       run: the run name.
       downsample: points per series to ask for (the plugin passes a large
         number; with `samples_per_plugin tb_stability=0` nothing is dropped).
+      listing: the run's {tag: `TensorTimeSeries`} from `list_tensors`, when
+        the caller already has it (asked for here otherwise).
 
     Returns:
       The run's `RunData`, or None when it has no readable global rows.
     """
     from tensorboard.data import provider as provider_lib
 
-    listing = provider.list_tensors(
-        ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME,
-        run_tag_filter=provider_lib.RunTagFilter(runs=[run])).get(run, {})
+    if listing is None:
+        listing = provider.list_tensors(
+            ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=provider_lib.RunTagFilter(runs=[run])).get(run, {})
     tags = readable_tags(listing)
     if metadata.TAG_GLOBAL not in tags:
         return None

@@ -233,7 +233,7 @@ class StabilityPlugin(base_plugin.TBPlugin):
             if state is not None and state.fingerprint == fingerprint:
                 self._states.move_to_end(key)
                 return state
-        state = self._load(ctx, eid, run, fingerprint)
+        state = self._load(ctx, eid, run, fingerprint, tags)
         with self._lock:
             self._states[key] = state
             self._states.move_to_end(key)
@@ -241,12 +241,12 @@ class StabilityPlugin(base_plugin.TBPlugin):
                 self._states.popitem(last=False)
         return state
 
-    def _load(self, ctx, eid, run, fingerprint):
+    def _load(self, ctx, eid, run, fingerprint, listing):
         from tb_stability.analysis import report
         from tb_stability.events import provider
 
         run_data = provider.load_from_provider(
-            self._data_provider, ctx, eid, run, self._downsample)
+            self._data_provider, ctx, eid, run, self._downsample, listing=listing)
         if run_data is None or not len(run_data.steps):
             raise errors.NotFoundError(f"no tb_stability data for run {_quote(run)}")
         try:

@@ -8,9 +8,15 @@ import pytest
 from tb_stability.analysis.detect import detect_anomalies
 
 
-def _noisy(n, level=0.5, sigma=0.35, seed=0):
+def _noisy(n, level=0.5, sigma=0.35, seed=0, learned=True):
+    """Noise around `level`; `learned`: after a descent from 10x `level` over
+    the first steps (a loss flat from its first step is a stall)."""
     rng = np.random.default_rng(seed)
-    return level * np.exp(rng.normal(0, sigma, size=n))
+    loss = level * np.exp(rng.normal(0, sigma, size=n))
+    if learned:
+        head = min(200, n // 10)
+        loss[:head] *= np.logspace(1, 0, head)
+    return loss
 
 
 def test_small_batch_sgd_noise_is_not_an_anomaly():
@@ -116,10 +122,12 @@ def _train(seed, n=6000):
     a slow descent; each spike rises 2-7 decades (100x and more) over 1-14
     steps and decays exponentially; the next starts once the tail has fallen
     below a quarter of its height (a person sees two spikes), often long
-    before it is back at the level. Returns (steps, loss, peak steps).
+    before it is back at the level. The run learned first: a descent by a
+    decade over its first 200 steps. Returns (steps, loss, peak steps).
     """
     rng = np.random.default_rng(seed)
     y = rng.uniform(-14, 4) + rng.normal(0, rng.uniform(0.01, 0.15), n)
+    y[:200] += np.linspace(1, 0, 200)
     if rng.random() < 0.5:
         y -= np.linspace(0, rng.uniform(0, 1.5), n)
     t, peaks = int(rng.integers(300, 600)), []

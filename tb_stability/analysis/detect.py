@@ -1,9 +1,13 @@
 """Finds anomalies in a loss curve (pure NumPy).
 
-Kinds: `spike` (a jump that recovers), `divergence` (a rise that does not),
-`nonfinite` (NaN/Inf in the loss, gradients, weights or moments), `plateau`
-(stuck at chance level ln C).
+Kinds (`anomaly.KINDS`): `spike` (a jump that recovers), `divergence` (a
+rise that does not), `nonfinite` (NaN/Inf in the loss, gradients, weights or
+moments; "silent" while the loss is finite), and the failures without a
+spike of `stalls`: `plateau` (stuck until the end: at chance, stalled at
+another level, or frozen) and `instability` (the loss keeps returning far
+above its best).
 
+Spikes and divergences:
 Everything is judged in log10 space, so it holds on losses from 1e-14 to
 1e4, against a robust local baseline: the median of the previous 8 blocks of
 16 steps (about 128 steps) with a MAD-based scale. A point is anomalous when
@@ -19,12 +23,14 @@ spike), and an excursion whose envelope falls by half its height and rises
 10x again is split there.
 """
 
-import dataclasses
 import math
 import warnings
-from typing import List, Optional
+from typing import List
 
 import numpy as np
+
+from tb_stability.analysis import stalls
+from tb_stability.analysis.anomaly import Anomaly
 
 BLOCK = 16  # steps per block of the baseline
 BLOCKS = 8  # previous blocks the baseline looks at (~128 steps)
@@ -33,36 +39,10 @@ Z = 6.0  # ... and 6 robust standard deviations
 MIN_SCALE = 0.02  # decades: floor of the robust scale
 RECOVERED = math.log10(3.0)  # back within 3x of the baseline: recovered
 ONSET = math.log10(2.0)  # onset: the first step 2x above the baseline
-PLATEAU_TOL = 0.02  # relative distance of a block median to ln C: pinned
-PLATEAU_MIN_STEPS = 100
 MAX_NONFINITE = 20  # nonfinite anomalies reported per run, at most
 ENVELOPE = 9  # steps of the running maximum a spike train is split on
 QUIET_PASSES = 4  # baselines recomputed without the excursions, at most
 TRAIN_DROP = 0.5  # a spike of a train ends once its envelope fell half its height
-
-
-@dataclasses.dataclass(frozen=True)
-class Anomaly:
-    """One anomaly of a run's loss curve.
-
-    Attributes:
-      kind: "spike", "divergence", "nonfinite" or "plateau".
-      step: onset step.
-      peak_step: step of the worst value (the onset for nonfinite/plateau).
-      end_step: first step back to normal; None while unrecovered.
-      severity: decades above the baseline (spike, divergence); number of
-        non-finite steps (nonfinite); fraction of the run (plateau).
-      baseline: loss level before the onset (NaN when not applicable).
-      peak_value: the loss at the peak step.
-    """
-
-    kind: str
-    step: int
-    peak_step: int
-    end_step: Optional[int]
-    severity: float
-    baseline: float
-    peak_value: float
 
 
 def _log10(loss):
@@ -236,12 +216,40 @@ def _excursions(steps, loss, y, base, scale, stop_at=None):
             spike = found.pop()
             starts = [int(np.searchsorted(steps, spike.step))]
             b = math.log10(spike.baseline)
-        found += _segments(steps, loss, y, starts, stop, end, b)
+        segments = _segments(steps, loss, y, starts, stop, end, b)
+        if end is None and _wandering(segments):
+            segments = [_instability(steps, loss, y, starts[0], stop, b)]
+        found += segments
         if end is None:
             break
         floor = end + 1
         i = int(np.searchsorted(hot, end))
     return found
+
+
+def _wandering(segments):
+    """Whether an excursion that never recovers is chronic instability.
+
+    Split into at least `stalls.RETURNS` rises, and its later rises no
+    higher than MIN_DECADES above its first: the loss keeps bouncing at a
+    level far above its baseline instead of running away.
+    """
+    if len(segments) < stalls.RETURNS:
+        return False
+    first = segments[0].severity
+    late = segments[len(segments) // 2:]
+    return max(a.severity for a in late) < first + MIN_DECADES
+
+
+def _instability(steps, loss, y, lo, stop, b):
+    """The unrecovered excursion [lo, stop) as one `instability` anomaly."""
+    seg = y[lo:stop]
+    peak = lo + int(np.nanargmax(seg))
+    return Anomaly(
+        kind="instability", step=int(steps[lo]), peak_step=int(steps[peak]),
+        end_step=None, severity=float(y[peak] - b), baseline=float(10 ** b),
+        peak_value=float(loss[peak]),
+    )
 
 
 def _onset(y, first, b, back, floor):
@@ -323,51 +331,27 @@ def _nonfinite(steps, loss, nonfinite_count, skipped=None):
             end_step=None if end is None else int(steps[end]),
             severity=float(last - first + 1), baseline=float("nan"),
             peak_value=float(loss[first]),
+            pattern="loss" if not np.isfinite(loss[first]) else "silent",
         ))
         start = stop + 1
     return found
 
 
-def _plateau(steps, loss, classes):
-    """The longest stretch whose 16-step block medians sit at ln C."""
-    if not classes or classes < 2:
-        return []
-    level = math.log(classes)
-    loss = np.asarray(loss, np.float64)
-    n = len(loss)
-    k = -(-n // BLOCK)
-    padded = np.full(k * BLOCK, np.nan)
-    padded[:n] = loss
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(padded.reshape(k, BLOCK), axis=1)
-    with np.errstate(invalid="ignore"):
-        pinned = np.abs(med - level) < PLATEAU_TOL * level
-    if not pinned.any():
-        return []
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], pinned.astype(np.int8), [0]])))
-    starts, stops = edges[0::2], edges[1::2]
-    j = int(np.argmax(stops - starts))
-    first, stop = int(starts[j]) * BLOCK, min(int(stops[j]) * BLOCK, n)
-    # Refine the onset to the first step of the block near the level.
-    near = np.flatnonzero(np.abs(loss[first:stop] - level) < 2 * PLATEAU_TOL * level)
-    if len(near):
-        first += int(near[0])
-    while first > 0 and abs(loss[first - 1] - level) < 2 * PLATEAU_TOL * level:
-        first -= 1
-    if stop - first < max(PLATEAU_MIN_STEPS, 0.2 * n):
-        return []
-    end = stop if stop < n else None
-    return [Anomaly(
-        kind="plateau", step=int(steps[first]), peak_step=int(steps[first]),
-        end_step=None if end is None else int(steps[end]),
-        severity=float((stop - first) / n), baseline=level,
-        peak_value=float(loss[first]),
-    )]
+def _rows_of(steps, anomalies, n, tail=0):
+    """Bool [n]: the rows inside `anomalies`, and `tail` rows after each.
+
+    Inside: from the onset to the end (or to the end of the run).
+    """
+    mask = np.zeros(n, bool)
+    for a in anomalies:
+        lo = int(np.searchsorted(steps, a.step))
+        hi = n if a.end_step is None else int(np.searchsorted(steps, a.end_step)) + tail
+        mask[lo:hi] = True
+    return mask
 
 
 def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
-           skipped=None) -> List[Anomaly]:
+                     skipped=None, grad_norm=None, batch_size=None) -> List[Anomaly]:
     """All anomalies of one loss curve, sorted by onset step.
 
     Arguments:
@@ -376,14 +360,19 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
       loss: float [n], the loss per step.
       nonfinite: optional [n] count of non-finite values per step (the
         writer's `nonfinite` column).
-      classes: optional number of classes C: a long stretch pinned at
-        ln C is a plateau.
+      classes: optional number of classes C: a stall at ln C (or B·ln C)
+        is a plateau at chance.
       skipped: optional bool [n]: steps a LossScaleOptimizer skipped on
         purpose (not anomalies).
+      grad_norm: optional [n] global gradient norm: exactly zero is frozen
+        training; a collapse supports a stall.
+      batch_size: optional [n] batch size (B·ln C is chance for a summed
+        loss).
     """
     steps = np.asarray(steps, np.int64)
     loss = np.asarray(loss, np.float64)
-    if len(steps) == 0:
+    n = len(steps)
+    if n == 0:
         return []
     y = _log10(loss)
     base, scale = baseline(y)
@@ -405,5 +394,23 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
             break
         excursions = again
     found += excursions
-    found += _plateau(steps, loss, classes)
+    stop = n if first_bad is None else first_bad
+    diverged = [a for a in excursions if a.end_step is None]
+    frozen = stalls.frozen(steps, loss, y, stop, grad_norm)
+    found += frozen
+    for a in stalls.stall(steps, y, stop, classes=classes, batch_size=batch_size,
+                          grad_norm=grad_norm):
+        # One failure, one anomaly: not inside a divergence (unless the loss
+        # came back down from its peak, to stay stuck), nor inside a frozen
+        # stretch.
+        if any(d.step <= a.step and (d.kind == "instability" or a.step <= d.peak_step or
+                                     math.log10(d.peak_value / a.baseline) < MIN_DECADES)
+               for d in diverged):
+            continue
+        if any(f.end_step is None or f.end_step > a.step for f in frozen):
+            continue
+        found.append(a)
+    if not diverged:
+        found += stalls.instability(steps, loss, y, stop,
+                                    masked=_rows_of(steps, excursions, n, tail=2 * BLOCK))
     return sorted(found, key=lambda a: (a.step, a.kind))

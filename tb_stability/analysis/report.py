@@ -1,7 +1,7 @@
 """The report: anomalies and their ranked causes, as the public JSON shape.
 
     {"logdir": str, "runs": [{"run": str, "steps": int, "anomalies": [
-      {"kind", "step", "peak_step", "end_step", "severity",
+      {"kind", "pattern", "step", "peak_step", "end_step", "severity",
        "causes": [{"cause", "confidence", "layer", "variable",
                    "lead_steps", "evidence", "fix"}]}]}]}
 
@@ -43,7 +43,8 @@ def analyze_run(run):
     ctx = Context(run)
     anomalies = detect_lib.detect_anomalies(
         run.steps, run.col("loss"), nonfinite=run.col("nonfinite"),
-        classes=ctx.classes, skipped=skipped_steps(run))
+        classes=ctx.classes, skipped=skipped_steps(run),
+        grad_norm=run.col("grad_norm"), batch_size=run.col("batch_size"))
     out, earlier = [], []
     for a in anomalies:
         causes = attribute_lib.rank_causes(run, a, ctx)
@@ -53,6 +54,7 @@ def analyze_run(run):
         earlier.append((a, causes))
         out.append({
             "kind": a.kind,
+            "pattern": a.pattern,
             "step": a.step,
             "peak_step": a.peak_step,
             "end_step": a.end_step,

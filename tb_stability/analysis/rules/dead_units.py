@@ -4,13 +4,17 @@ Mechanism: the units are dead or saturated (every ReLU negative, sigmoids
 pinned): the gradients vanish everywhere and the output collapses to the
 class prior, so the loss sits at ln C and the accuracy at 1/C.
 
-Evidence: a `plateau` anomaly (the detector's pinned-at-ln C case).
-Supporting: the global gradient norm collapsed (its median on the plateau
-below `GRAD_COLLAPSE` times its maximum before), or a kernel whose
+Evidence: a `plateau` anomaly at chance (pattern "chance": pinned at
+ln C). Supporting: the global gradient norm collapsed (its median on the
+plateau below `GRAD_COLLAPSE` times its maximum before), or a kernel whose
 window-mean gradient norm is exactly zero in the plateau's window (its
-units are dead; that kernel is named).
+units are dead; that kernel is named). A stall at another level (pattern
+"stall") is this cause only with one of the supporting signals; frozen
+training (every gradient zero, or a constant loss) is not judged here: a
+mismatched output or loss does that too.
 """
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -36,16 +40,24 @@ _MEAN = metadata.WINDOW_AGGREGATES.index("mean")
 
 def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     """The dead_units cause of anomaly `a`, or None (see the module doc)."""
-    if a.kind != "plateau":
+    if a.kind != "plateau" or a.pattern == "frozen":
         return None
     run = ctx.run
     i = ctx.idx(a.step)
     g = run.col("grad_norm")
     early = np.nanmax(g[:max(i, 1)]) if i > 0 else np.nan
     during = nanmedian(g[i:])
-    evidence = [f"The loss is pinned at {fmt(a.peak_value)} ≈ ln {ctx.classes} "
-                f"from step {a.step}: the output is the class prior."]
-    confidence = PINNED_CONFIDENCE
+    if a.pattern == "stall":
+        evidence = [f"The loss has been stuck at {fmt(a.baseline)} since step "
+                    f"{a.step}, with no progress to the end of the run."]
+        confidence = 0.0
+    else:
+        at = f"ln {ctx.classes}"
+        if ctx.classes and abs(a.baseline - math.log(ctx.classes)) > 0.05 * math.log(ctx.classes):
+            at = f"B·ln {ctx.classes} (a loss summed over a batch of B)"
+        evidence = [f"The loss is pinned at {fmt(a.baseline)} ≈ {at} "
+                    f"from step {a.step}: the output is the class prior."]
+        confidence = PINNED_CONFIDENCE
     if np.isfinite(early) and np.isfinite(during) and during < GRAD_COLLAPSE * early:
         evidence.append(f"The gradient norm collapsed from {fmt(early)} to "
                         f"{fmt(during)} after the first steps.")
@@ -60,4 +72,6 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
             evidence.append(f"The gradient of {variable} is exactly zero: its "
                             f"units are dead.")
             confidence = ZERO_GRADIENT_CONFIDENCE
+    if confidence == 0.0:
+        return None
     return make_cause(C.DEAD_UNITS, confidence, evidence, variable=variable)

@@ -1,0 +1,273 @@
+"""Failures without a spike: stalls, frozen training, chronic instability.
+
+All three are judged on block medians of the log10 loss (blocks of 16
+points; coarser for long runs, so a run has at most `MAX_BLOCKS` blocks),
+which the noise of small-batch SGD does not move much.
+
+* A **stall** (`plateau`, pattern "chance" or "stall") is a stretch that
+  runs to the end of the run (or to its first non-finite step) with no
+  relative progress: from its first quarter to its last the loss falls by
+  less than `STALL_PROGRESS` decades, and its blocks stay within
+  `STALL_SPREAD` decades (or `SPREAD_NOISE` times the noise of a block
+  median, for a noisy loss). That alone is also what convergence looks like,
+  so the level must be one a stuck model sits at: ln C (or B·ln C for a
+  loss summed over a batch of B), the loss before the first update (the
+  run never learned), a level well above the best the run had reached
+  (progress lost, typically after a blow-up), or a level not far below the
+  start after a blow-up or with gradients that collapsed. A stretch at
+  chance that ends because the problem gets solved is not an anomaly.
+* **Frozen** training (`plateau`, pattern "frozen"): every gradient exactly
+  zero, or the loss constant to `FROZEN_RTOL`, for `FROZEN_MIN_STEPS`
+  steps; a constant loss only where the run never learned (a converged
+  full-batch run is constant too).
+* **Chronic instability** (`instability`): the loss keeps returning far
+  above the best it had reached: over `WINDOW` blocks, at least
+  `HIGH_FRACTION` of them `RISE` decades (and `RISE_NOISE` times the noise
+  of a block median) above the best block before them,
+  in at least `RETURNS` separate returns, while the best improves by less
+  than `NET_PROGRESS` decades. Steps inside spikes and divergences already
+  found are left out, so a train of spikes is its spikes.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+from tb_stability.analysis.anomaly import INSTABILITY, PLATEAU, Anomaly
+
+BLOCK = 16
+MAX_BLOCKS = 512  # long runs are judged on coarser blocks
+STALL_MIN_STEPS = 160
+STALL_MIN_FRACTION = 0.2  # of the finite run
+STALL_PROGRESS = 0.02  # decades gained from the first quarter to the last
+STALL_SPREAD = 0.1  # decades: the 2-98 % range of a stall's block medians,
+SPREAD_NOISE = 6.0  # ... or this many times the noise of a block median
+CHANCE_TOL = 0.02  # relative distance to ln C (or B·ln C)
+NEVER_LEARNED = 0.05  # decades below the first loss: still at the start
+LOST = 0.3  # decades above the best block before: progress lost
+BARELY_LEARNED = 0.5  # decades below the first loss, with a blow-up or a collapse
+BLOW_UP = 1.0  # decades above the first loss: a blow-up before the stall
+GRAD_COLLAPSE = 1e-2  # the stall's median gradient norm / the early maximum
+FROZEN_MIN_STEPS = 50
+FROZEN_RTOL = 1e-6
+WINDOW = 16  # blocks an instability is judged over
+RISE = 0.5  # decades above the best so far: a return,
+RISE_NOISE = 5.0  # ... and this many times the noise of a block median
+HIGH_FRACTION = 0.25
+RETURNS = 3
+NET_PROGRESS = 0.1  # decades the best may improve over a window of instability
+
+
+def _nanmedian(x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmedian(x)) if len(x) else float("nan")
+
+
+def block_medians(y, stop):
+    """(block medians of y[:stop] [k], block size in points, noise).
+
+    noise: the standard deviation of a block median that the step-to-step
+    noise alone gives (from the median absolute deviation inside blocks).
+    """
+    k16 = -(-stop // BLOCK)
+    size = BLOCK * max(1, -(-k16 // MAX_BLOCKS))
+    k = -(-stop // size)
+    padded = np.full(k * size, np.nan)
+    padded[:stop] = y[:stop]
+    blocks = padded.reshape(k, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(blocks, axis=1)
+        mad = np.nanmedian(np.abs(blocks - med[:, None]), axis=1)
+        noise = 1.2533 * 1.4826 * float(np.nanmedian(mad)) / math.sqrt(size)
+    return med, size, noise if math.isfinite(noise) else 0.0
+
+
+def _start(y, stop):
+    """The loss before training moved it (log10).
+
+    The lower of the first finite value and the median of the first block.
+    """
+    ok = np.flatnonzero(np.isfinite(y[:stop]))
+    if not len(ok):
+        return float("nan")
+    return min(float(y[ok[0]]), _nanmedian(y[:min(BLOCK, stop)]))
+
+
+def _stuck(level, row, y, med, j, size, *, start, chance_levels, grad_norm,
+           blown_up):
+    """(pattern, why) when a flat stretch at `level` from block `j` is stuck.
+
+    None when the level is one a converging run reaches (see the module doc).
+    """
+    value = 10.0 ** level
+    for c in chance_levels:
+        if abs(value - c) < CHANCE_TOL * c:
+            return "chance"
+    if level >= start - NEVER_LEARNED:
+        return "stall"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.nanmin(med[:j]) if j > 0 else np.nan
+    if np.isfinite(best) and level - best >= LOST:
+        return "stall"
+    if level >= start - BARELY_LEARNED:
+        if blown_up:
+            return "stall"
+        if grad_norm is not None and row > 0:
+            g = np.asarray(grad_norm, np.float64)
+            early = np.nanmax(g[:min(row, 4 * BLOCK)]) if np.any(np.isfinite(g[:row])) else np.nan
+            during = _nanmedian(g[row:])
+            if np.isfinite(early) and early > 0 and during < GRAD_COLLAPSE * early:
+                return "stall"
+    return None
+
+
+def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
+    """The stall that runs to row `stop` (exclusive), as a list of 0 or 1."""
+    if stop < max(STALL_MIN_STEPS, 2 * BLOCK):
+        return []
+    med, size, noise = block_medians(y, stop)
+    spread_limit = max(STALL_SPREAD, SPREAD_NOISE * noise)
+    k = len(med)
+    min_blocks = max(-(-STALL_MIN_STEPS // size), math.ceil(STALL_MIN_FRACTION * k), 4)
+    if k < min_blocks or not np.isfinite(med[-1]):
+        return []
+    found = None
+    for j in range(k - min_blocks, -1, -1):
+        suf = med[j:]
+        if not np.isfinite(suf).sum() >= min_blocks // 2:
+            continue
+        q = max(2, len(suf) // 4)
+        progress = _nanmedian(suf[:q]) - _nanmedian(suf[-q:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = np.nanpercentile(suf, 98) - np.nanpercentile(suf, 2)
+        if progress < STALL_PROGRESS and spread <= spread_limit:
+            found = j
+    if found is None:
+        return []
+    j = found
+    level = _nanmedian(med[j:])
+    # The onset: past the blocks of the stretch far below its level (the
+    # last of the progress before a blow-up).
+    while j < k - min_blocks and med[j] < level - spread_limit:
+        j += 1
+    row = j * size
+    start = _start(y, stop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        peak_before = np.nanmax(y[:row]) if row > 0 else np.nan
+    chance_levels = []
+    if classes and classes >= 2:
+        chance_levels.append(math.log(classes))
+        if batch_size is not None:
+            b = _nanmedian(np.asarray(batch_size, np.float64)[:stop])
+            if np.isfinite(b) and b > 1:
+                chance_levels.append(b * math.log(classes))
+    pattern = _stuck(level, row, y, med, j, size, start=start,
+                     chance_levels=chance_levels, grad_norm=grad_norm,
+                     blown_up=bool(np.isfinite(peak_before) and peak_before - start >= BLOW_UP))
+    if pattern is None:
+        return []
+    # The onset: the first row near the level, from the block before on.
+    tol = max(math.log10(1 + CHANCE_TOL), STALL_SPREAD / 2)
+    lo = max(row - size, 0)
+    with np.errstate(invalid="ignore"):
+        near = np.flatnonzero(np.abs(y[lo:row + size] - level) <= tol)
+    first = lo + int(near[0]) if len(near) else row
+    end = None if stop >= len(y) else stop
+    return [Anomaly(
+        kind=PLATEAU, step=int(steps[first]), peak_step=int(steps[first]),
+        end_step=None if end is None else int(steps[end]),
+        severity=float((stop - first) / len(y)), baseline=float(10.0 ** level),
+        peak_value=float(10.0 ** y[first]) if np.isfinite(y[first]) else float("nan"),
+        pattern=pattern,
+    )]
+
+
+def _runs(mask, min_len):
+    """[(start, stop)] of the runs of True in `mask` at least `min_len` long."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2]) if b - a >= min_len]
+
+
+def frozen(steps, loss, y, stop, grad_norm=None):
+    """Stretches where nothing moves (module doc), up to row `stop`."""
+    loss = np.asarray(loss, np.float64)[:stop]
+    if stop < 10:
+        return []
+    min_len = min(FROZEN_MIN_STEPS, stop)
+    start = _start(y, stop)
+    zero = np.zeros(stop, bool)
+    if grad_norm is not None:
+        g = np.asarray(grad_norm, np.float64)[:stop]
+        zero = (g == 0.0) & (loss != 0.0)
+    with np.errstate(invalid="ignore"):
+        same = np.abs(np.diff(loss)) <= FROZEN_RTOL * np.abs(loss[1:])
+    const = np.concatenate([[False], same])
+    const[:-1] |= same  # both steps of a constant pair
+    with np.errstate(invalid="ignore"):
+        const &= ~(y[:stop] < start - NEVER_LEARNED)
+    found = []
+    for a, b in _runs(zero | const, min_len)[:3]:
+        end = None if b >= len(steps) else b
+        found.append(Anomaly(
+            kind=PLATEAU, step=int(steps[a]), peak_step=int(steps[a]),
+            end_step=None if end is None else int(steps[end]),
+            severity=float((b - a) / len(steps)), baseline=float(loss[a]),
+            peak_value=float(loss[a]), pattern="frozen",
+        ))
+    return found
+
+
+def instability(steps, loss, y, stop, masked=None):
+    """Chronic instability up to row `stop` (module doc), as a list."""
+    yy = np.array(y[:stop], np.float64)
+    if masked is not None:
+        yy[masked[:stop]] = np.nan
+    med, size, noise = block_medians(yy, stop)
+    rise = max(RISE, RISE_NOISE * noise)
+    k = len(med)
+    if k < WINDOW + 2:
+        return []
+    # The best level so far, on a 3-block running median (one lucky block
+    # of a noisy run does not set it).
+    pad = np.concatenate([[np.nan], med, [np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        smooth = np.nanmedian(np.lib.stride_tricks.sliding_window_view(pad, 3), axis=1)
+    best = np.fmin.accumulate(np.where(np.isfinite(smooth), smooth, np.inf))
+    best_before = np.concatenate([[np.inf], best[:-1]])
+    with np.errstate(invalid="ignore"):
+        excess = med - best_before
+        high = np.isfinite(excess) & (excess >= rise)
+    bad = np.zeros(k, bool)
+    for s in range(1, k - WINDOW + 1):
+        w = slice(s, s + WINDOW)
+        finite = np.isfinite(med[w]).sum()
+        if finite < WINDOW // 2:
+            continue
+        h = high[w]
+        returns = int(np.sum(h[1:] & ~h[:-1]) + h[0])
+        progress = best_before[s] - best[s + WINDOW - 1]
+        if h.sum() >= HIGH_FRACTION * finite and returns >= RETURNS \
+                and np.isfinite(best_before[s]) and progress < NET_PROGRESS:
+            bad[w] = True
+    found = []
+    for a, b in _runs(bad, WINDOW):
+        hi = np.flatnonzero(high[a:b])
+        a = a + int(hi[0]) if len(hi) else a
+        first, last = a * size, min(b * size, stop)
+        seg = yy[first:last]
+        peak = first + int(np.nanargmax(seg)) if np.any(np.isfinite(seg)) else first
+        end = None if b >= k - 1 and stop >= len(steps) else min(last, len(steps) - 1)
+        found.append(Anomaly(
+            kind=INSTABILITY, step=int(steps[first]), peak_step=int(steps[peak]),
+            end_step=None if end is None else int(steps[end]),
+            severity=float(np.nanmax(excess[a:b])), baseline=float(10.0 ** best_before[a]),
+            peak_value=float(np.asarray(loss, np.float64)[peak]),
+        ))
+    return found

@@ -35,7 +35,9 @@ def test_report_is_the_documented_json(demo_report):
         assert set(run) >= {"run", "steps", "anomalies"}
         for a in run["anomalies"]:
             assert set(a) >= {"kind", "step", "peak_step", "end_step", "severity", "causes"}
-            assert a["kind"] in ("spike", "divergence", "nonfinite", "plateau")
+            assert a["kind"] in ("spike", "divergence", "nonfinite", "plateau", "instability")
+            assert a["pattern"] in {"nonfinite": ("loss", "silent"),
+                                    "plateau": ("chance", "stall", "frozen")}.get(a["kind"], ("",))
             assert a["causes"]
             for c in a["causes"]:
                 assert set(c) >= {"cause", "confidence", "layer", "variable", "lead_steps",

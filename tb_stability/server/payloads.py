@@ -96,7 +96,8 @@ def _titled(cause: Dict) -> Dict:
 def _anomaly_summary(a: Dict) -> Dict:
     top = _titled(a["causes"][0]) if a["causes"] else None
     return {
-        "kind": a["kind"], "step": a["step"], "peak_step": a["peak_step"],
+        "kind": a["kind"], "pattern": a.get("pattern", ""),
+        "step": a["step"], "peak_step": a["peak_step"],
         "end_step": a["end_step"], "severity": a["severity"],
         "baseline": a.get("baseline"), "peak_value": a.get("peak_value"),
         "cause": top, "n_causes": len(a["causes"]),
@@ -348,9 +349,10 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     # small parts go through encode_json.
     return {
         "run": run.name,
-        "anomaly": encode_json({k: anomaly[k] for k in
-                                ("kind", "step", "peak_step", "end_step", "severity",
-                                 "baseline", "peak_value")}),
+        "anomaly": encode_json(dict(
+            {k: anomaly[k] for k in ("kind", "step", "peak_step", "end_step", "severity",
+                                     "baseline", "peak_value")},
+            pattern=anomaly.get("pattern", ""))),
         "causes": encode_json(causes),
         "evidence": {
             "resolution": resolution,

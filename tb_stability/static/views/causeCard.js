@@ -16,6 +16,15 @@ import {
 } from '../model.js';
 import {el, svgShape} from './dom.js';
 
+// What each anomaly kind means, as the kind's tooltip on the card.
+const KIND_WORDS = {
+  spike: 'a jump of the loss that recovers',
+  divergence: 'a rise of the loss that does not recover',
+  nonfinite: 'NaN/Inf in the loss (loss) or only in gradients, weights or moments (silent)',
+  plateau: 'training stuck to the end: at chance, stalled at another level, or frozen',
+  instability: 'the loss keeps returning far above the best it reached',
+};
+
 function confidenceBar(p, color) {
   const pct = Number.isFinite(p) ? Math.max(0, Math.min(1, p)) * 100 : 0;
   return el('span', {class: 'conf'},
@@ -59,7 +68,9 @@ export function causeCard(anomaly, detail, opts) {
 
   const head = el('div', {class: 'card-head'},
     svgShape(shapePath(style.shape, 14), style.color, 14, 'rgba(0,0,0,0.5)'),
-    el('span', {class: 'kind', 'data-testid': 'anomaly-kind'}, anomaly.kind || 'anomaly'),
+    el('span', {class: 'kind', 'data-testid': 'anomaly-kind',
+      title: KIND_WORDS[anomaly.kind] || ''},
+    (anomaly.kind || 'anomaly') + (anomaly.pattern ? ` (${anomaly.pattern})` : '')),
     el('span', {class: 'steps', 'data-testid': 'anomaly-steps'}, `step ${formatStep(anomaly.step)}`),
     el('span', {class: 'spacer'}),
     el('span', {class: 'nav'},

@@ -20,7 +20,8 @@ def _table(result, out):
             top = a["causes"][0]
             step = str(a["step"]) if a["peak_step"] == a["step"] else \
                 f"{a['step']}->{a['peak_step']}"
-            rows.append((run["run"], a["kind"], step,
+            kind = a["kind"] + (f" ({a['pattern']})" if a.get("pattern") else "")
+            rows.append((run["run"], kind, step,
                          f"{top['cause']} ({top['confidence']:.2f})",
                          top["layer"] or "",
                          "" if top["lead_steps"] is None else str(top["lead_steps"]),

@@ -1,0 +1,77 @@
+"""The corpus (tests/corpus.py): small real runs, broken and healthy.
+
+The whole corpus is trained once per module (about two minutes on a 2-core
+CPU). Each broken run must raise an anomaly of the kind a person would
+point at first (`expect`); each healthy control must raise none; every
+anomaly must come with per-variable detail rows near its onset.
+
+To iterate on the detector without retraining:
+    python tests/scripts/train_corpus.py /tmp/corpus_logs
+"""
+
+import pytest
+
+import corpus
+from tb_stability import analysis
+
+KINDS = {"spike", "divergence", "nonfinite", "plateau", "instability"}
+BEFORE, AFTER = 32, 8  # the recorder's default detail_before / detail_after
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(report {run: entry}, {run: RunData}, {run: training seconds})."""
+    logdir = str(tmp_path_factory.mktemp("corpus"))
+    times = corpus.train_all(logdir)
+    report = {r["run"]: r for r in analysis.report_logdir(logdir)["runs"]}
+    return report, analysis.load_logdir(logdir), times
+
+
+def _kinds(entry):
+    return [(a["kind"], a["step"]) for a in entry["anomalies"]]
+
+
+def test_corpus_is_well_formed():
+    assert len(corpus.BROKEN) >= 12 and len(corpus.HEALTHY) >= 10
+    for name, run in corpus.RUNS.items():
+        assert run.expect is None or run.expect in KINDS, name
+        assert run.family and run.source and "\n" not in run.source, name
+
+
+def test_every_run_recorded(trained):
+    report, runs, times = trained
+    assert sorted(report) == sorted(corpus.RUNS)
+    for name, data in runs.items():
+        assert len(data.steps) >= 100, name
+    print("\ntraining seconds: " + ", ".join(f"{n} {t:.1f}" for n, t in times.items())
+          + f"; total {sum(times.values()):.1f}")
+
+
+@pytest.mark.parametrize("name", sorted(corpus.BROKEN))
+def test_broken_run_detected(trained, name):
+    report, _, _ = trained
+    expect = corpus.RUNS[name].expect
+    found = _kinds(report[name])
+    assert any(kind == expect for kind, _ in found), \
+        f"{name}: expected a {expect!r} anomaly, detected {found}"
+
+
+@pytest.mark.parametrize("name", sorted(corpus.HEALTHY))
+def test_healthy_run_quiet(trained, name):
+    report, _, _ = trained
+    assert report[name]["anomalies"] == [], \
+        f"{name}: false alarm(s) {_kinds(report[name])}"
+
+
+@pytest.mark.parametrize("name", sorted(corpus.RUNS))
+def test_anomalies_have_detail_near_onset(trained, name):
+    report, runs, _ = trained
+    data = runs[name]
+    missing = []
+    for a in report[name]["anomalies"]:
+        steps, rows = data.detail_between(a["step"] - BEFORE, a["step"] + AFTER)
+        if len(steps) == 0 or rows.shape[1] != len(data.variables):
+            missing.append((a["kind"], a["step"]))
+    assert not missing, (
+        f"{name}: no per-variable detail row within [onset-{BEFORE}, "
+        f"onset+{AFTER}] of {missing}")

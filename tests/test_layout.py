@@ -1,11 +1,13 @@
 """The package's layout is its pipeline: imports go one way between stages.
 
     format (metadata, config)  <-  events  <-  analysis  <-  server
-    format                     <-  record  (training side, TensorFlow)
+    format, events, analysis   <-  record  (training side, TensorFlow)
 
 `record` may read `events` (a resumed run reads what its earlier attempt
-wrote); nothing below the server imports it, and nothing but the training
-side imports TensorFlow. Checked statically (every import statement of the
+wrote) and run `analysis` (the offline detection over the recent rows, on
+the host, chooses which detail rows to keep: `record.recheck`); nothing
+below the server imports it, and nothing but the training side imports
+TensorFlow. Checked statically (every import statement of the
 package, function-level ones included) and by importing each NumPy-side
 module in a fresh interpreter.
 """
@@ -32,7 +34,7 @@ ALLOWED = {
     "events": {"format", "events"},
     "analysis": {"format", "events", "analysis"},
     "server": {"format", "events", "analysis", "server"},
-    "record": {"format", "events", "record"},
+    "record": {"format", "events", "analysis", "record"},
     "cli": {"format", "events", "analysis", "cli"},
     "surface": {"format", "record"},
 }

@@ -11,9 +11,11 @@ synchronisation per step:
   `window` steps or so. It reads the rings once and writes (`writer`) every
   step's global row, one per-variable aggregate per window, and the full
   per-variable rows of the steps around whatever the detector flagged (and
-  of the first steps). Summaries are written there, never inside the
-  compiled step. A recorder that resumes a run first repeats the rows a
-  restart would make TensorBoard drop (`resume`).
+  of the first steps). It also runs the offline analysis over the recent
+  rows (`recheck`) and keeps the rows around the onsets and peaks it finds
+  that the detector did not flag. Summaries are written there, never
+  inside the compiled step. A recorder that resumes a run first repeats
+  the rows a restart would make TensorBoard drop (`resume`).
 
 The format written is described in FORMAT.md.
 """
@@ -27,7 +29,7 @@ import tensorflow as tf
 
 from tb_stability import metadata
 from tb_stability.config import RecorderConfig
-from tb_stability.record import keras_internals
+from tb_stability.record import keras_internals, recheck
 from tb_stability.record.detector import Detector
 from tb_stability.record.global_stats import (
     GLOBAL_FROM_STATS,
@@ -114,6 +116,11 @@ class Recorder:
         self._out = RunWriter(logdir)
         self._window = Window()
         self._detail = DetailSelector(config)
+        # The offline analysis over the recent rows: only where detail rows
+        # are written and not all of them are anyway.
+        self._recheck = None
+        if logdir is not None and not config.full_detail:
+            self._recheck = recheck.Recheck(self.capacity, config.window)
         self._seen = 0  # rows processed by flush
         self._last_write = time.monotonic()
         self._info_written = False
@@ -350,8 +357,11 @@ class Recorder:
                     "jit_compile needs monitor.flush() after each call).",
                     start - self._seen,
                 )
-            self._process(start, count, extra_info)
+            self._process(start, count, extra_info, final)
             self._seen = count
+        elif final and count > 0 and self._recheck is not None:
+            # The rows held back for the analysis: their detail, if any.
+            self._write_detail(self.rings.read(count, count), count, final)
         window = self._window
         due = final or window.n >= self.config.window or (
             window.n > 0
@@ -364,7 +374,7 @@ class Recorder:
         if final:
             self._out.flush()
 
-    def _process(self, start, count, extra_info):
+    def _process(self, start, count, extra_info, final=False):
         """Reads rows [start, count): window rows, flags, detail written."""
         rows = self.rings.read(start, count)
         writer = self._out.get()
@@ -380,13 +390,39 @@ class Recorder:
         self._window.add(
             rows.steps, rows.global_rows, rows.layers_all[rows.index],
             None if rows.inputs_all is None else rows.inputs_all[rows.index])
-        # Detail rows: ascending, each written once, only while in the ring.
-        wanted = self._detail.wanted(count, self.capacity)
-        if writer is None:
+        if self._recheck is not None:
+            self._recheck.add(start, rows.steps, rows.global_rows)
+        self._write_detail(rows, count, final)
+
+    def _write_detail(self, rows, count, final):
+        """Writes the detail rows due, up to row `count`."""
+        if self._recheck is not None and self._recheck.due(final):
+            self._detail.note_rows(self._rechecked(final), count, self.capacity)
+        # Detail rows: ascending, each written once, only while in the ring;
+        # the last ones wait for the next analysis.
+        hold = 0 if final or self._recheck is None else self._recheck.hold
+        wanted = self._detail.wanted(count, self.capacity, hold)
+        if self._out.get() is None:
             if wanted:
                 self._detail.written = wanted[-1]
             return
         self._out.write_detail(rows, wanted, self._detail)
+
+    def _rechecked(self, final):
+        """The rows `Recheck` finds; [] (and no more analysis) on an error.
+
+        The analysis must never stop the recording: an error is logged once
+        and the rows the detector flags are still written.
+        """
+        try:
+            return self._recheck.rows(final)
+        except Exception as e:  # pylint: disable=broad-except
+            self._recheck = None
+            logger.warning(
+                "tb_stability: the offline analysis of the recent steps "
+                "failed and is switched off (recording goes on): %s: %s",
+                type(e).__name__, e, exc_info=True)
+            return []
 
     def close(self):
         """Writes everything left and closes the event file."""

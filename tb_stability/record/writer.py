@@ -5,7 +5,9 @@ Runs outside any compiled function, on what `Rings.read` returned:
 * `Window` accumulates the open window: every step's global row, the
   per-variable max and mean, the per-feature input statistics;
 * `DetailSelector` chooses the steps whose full per-variable rows are
-  written: the first steps, and the steps around each flagged one;
+  written: the first steps, and the steps around each one flagged (by the
+  online detector, or at an onset or peak the offline analysis finds on
+  the host, `recheck`);
 * `RunWriter` owns the run's event file (created lazily, on the first
   write) and writes these with the ops of `tb_stability.summary`.
 """
@@ -149,18 +151,40 @@ class DetailSelector:
             if f != 0:
                 self._flag_rows.append(r)
 
-    def wanted(self, count, capacity):
+    def note_rows(self, rows, count, capacity):
+        """Flags `rows` on the host, as if the detector had flagged them.
+
+        Their detail windows are written as far as they are still in the
+        ring and not yet written (rows are written once, in order); a row
+        whose window is already past is ignored.
+
+        Args:
+          rows: row counts (an onset or a peak of the offline analysis).
+          count: rows pushed so far.
+          capacity: rows the ring holds.
+        """
+        lo = max(self.written + 1, count - capacity)
+        known = set(self._flag_rows)
+        for r in rows:
+            if r + self.after >= lo and r not in known:
+                self._flag_rows.append(int(r))
+                known.add(r)
+
+    def wanted(self, count, capacity, hold=0):
         """The rows to write now: ascending, not yet written, still in the ring.
 
         Args:
           count: rows pushed so far.
           capacity: rows the ring holds (older ones are gone).
+          hold: the last rows pushed are left for a later call (the offline
+            analysis may still flag rows before them; rows are written once,
+            in order).
         """
         lo = max(self.written + 1, count - capacity)
         self._flag_rows = [f for f in self._flag_rows if f + self.after >= lo]
         return [
             r
-            for r in range(lo, count)
+            for r in range(lo, count - hold)
             if self.full_detail
             or r < self.first_steps
             or any(f - self.before <= r <= f + self.after

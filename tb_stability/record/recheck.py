@@ -1,0 +1,159 @@
+"""The offline analysis, run on the host over the recent rows at each flush.
+
+The in-graph detector (`detector`) and the offline analysis
+(`tb_stability.analysis.detect`) judge a loss curve by different rules: a
+slow rise is flagged online only once it is far up, long after the onset the
+analysis reports; a divergence's peak comes later still. The rows around an
+onset or a peak the detector did not flag would be gone from the rings by
+the time anyone reads the run, and its evidence card would have no layer
+and no lead.
+
+`Recheck` keeps a bounded history of the loss, the non-finite count and the
+loss scale of the last rows (the rings' span plus the analysis's baseline
+context, `BLOCK * BLOCKS` rows, aligned on `BLOCK` rows as the offline
+blocks are), runs `detect_anomalies` over it every `every` rows, and
+returns the onset and peak rows of what it found that may still be written
+in detail (`DetailSelector.note_rows`). The detail of the last `hold` rows
+of a flush waits for the next one (the final flush writes everything), so
+an onset found up to that many rows late still has its rows before it.
+Which steps are computed in full is still the detector's decision: this
+only chooses rows to keep.
+
+Only the kinds judged against a local baseline are taken (`LOCAL_KINDS`). A
+plateau is judged on the whole run (its first loss, the best it reached,
+its end), which the history does not hold: over a few hundred rows a
+healthy stretch can look stuck, and a real plateau's onset is far older
+than the rings anyway.
+"""
+
+import numpy as np
+
+from tb_stability import metadata
+from tb_stability.analysis import detect as detect_lib
+
+_LOSS = metadata.GLOBAL["loss"]
+_NONFINITE = metadata.GLOBAL["nonfinite"]
+_SCALE = metadata.GLOBAL["loss_scale"]
+# Rows of baseline context the analysis needs before a step it judges.
+CONTEXT = detect_lib.BLOCK * detect_lib.BLOCKS
+# Rows between two analyses, at most (a Monitor under XLA flushes each step).
+EVERY = 64
+# Rows at the end of each flush whose detail waits for the next flush (at
+# most a window): an onset is known only once the loss is far enough up, and
+# rows are written once, in order, so the rows before it must not be passed.
+HOLD = 128
+# The kinds whose onset and peak rows are kept.
+LOCAL_KINDS = ("spike", "divergence", "nonfinite", "instability")
+
+
+class Recheck:
+    """The recent rows the offline analysis runs over, on the host.
+
+    Rows are identified by their count (`Rings.count` when pushed). The
+    analysis sees them at their position in the run: the count plus the
+    first step when the run does not start at step 0 (a resumed run
+    continues its steps), so that its 16-row blocks are the offline ones.
+
+    Args:
+      capacity: rows the rings hold.
+      window: rows per written window (the analysis runs at least every
+        `min(window, EVERY)` rows).
+    """
+
+    def __init__(self, capacity, window):
+        self.capacity = int(capacity)
+        self.every = max(1, min(int(window), EVERY))
+        self.hold = min(int(window), HOLD)
+        block = detect_lib.BLOCK
+        # The rings' span plus the context, and a block of slack for the
+        # alignment: a few hundred rows, a few milliseconds per analysis.
+        self.keep = -(-(self.capacity + CONTEXT + block) // block) * block
+        self._offset = None  # position of a row = count + offset
+        self._complete = False  # the history starts at the run's first row
+        self._first = 0  # count of the first row held
+        self._loss = np.zeros([0], np.float64)
+        self._nonfinite = np.zeros([0], np.float64)
+        self._scale = np.zeros([0], np.float64)
+        self._analysed = 0  # rows added when the analysis last ran
+
+    @property
+    def end(self):
+        """One past the count of the last row held."""
+        return self._first + len(self._loss)
+
+    def add(self, start, steps, global_rows):
+        """Adds rows `start, start + 1, ...` (their steps and global rows)."""
+        n = len(steps)
+        if n == 0:
+            return
+        if self._offset is None or start != self.end:
+            # The first rows, or rows were lost: the history starts again.
+            first_step = int(steps[0])
+            self._offset = first_step - start if first_step > 0 else -start
+            self._complete = first_step == 0 and start == 0
+            self._first = start
+            self._loss = self._nonfinite = self._scale = np.zeros([0], np.float64)
+            self._analysed = start
+        rows = np.asarray(global_rows, np.float64)
+        self._loss = np.concatenate([self._loss, rows[:, _LOSS]])
+        self._nonfinite = np.concatenate([self._nonfinite, rows[:, _NONFINITE]])
+        self._scale = np.concatenate([self._scale, rows[:, _SCALE]])
+        self._trim()
+
+    def _trim(self):
+        """Keeps the last `keep` rows or so, starting on a block boundary."""
+        block = detect_lib.BLOCK
+        first_pos = self._first + self._offset
+        want = max(self.end - self.keep + self._offset, first_pos)
+        if not self._complete or want > first_pos:
+            want = -(-want // block) * block
+        cut = min(want - first_pos, len(self._loss))
+        if cut > 0:
+            self._complete = False
+            self._first += cut
+            self._loss = self._loss[cut:]
+            self._nonfinite = self._nonfinite[cut:]
+            self._scale = self._scale[cut:]
+
+    def due(self, final=False):
+        """Whether rows were added since the last analysis, enough of them."""
+        new = self.end - self._analysed
+        return new > 0 and (final or new >= self.every)
+
+    def rows(self, final=False):
+        """The onset and peak rows of the anomalies found, for the detail.
+
+        Runs the analysis over the history. Only `LOCAL_KINDS` count, and
+        only rows with their baseline context in the history (its first
+        `CONTEXT` rows, unless it starts at the run's first row, are context
+        only); `DetailSelector.note_rows` keeps those whose detail rows are
+        still in the rings and not yet written.
+
+        Args:
+          final: no more rows come (the last row is judged as it stands).
+        """
+        self._analysed = self.end
+        n = len(self._loss)
+        if n == 0:
+            return []
+        if not final and np.isfinite(self._scale[-1]):
+            # Whether the last row was a loss-scale skip shows only on the
+            # next row (its scale is lower): judged at the next analysis.
+            n -= 1
+        if n <= 0:
+            return []
+        positions = np.arange(self._first, self._first + n) + self._offset
+        scale = self._scale[:n]
+        skipped = None
+        if np.any(np.isfinite(scale)):
+            # As the analysis's report computes it (`report.skipped_steps`).
+            nxt = np.concatenate([scale[1:], [np.nan]])
+            with np.errstate(invalid="ignore"):
+                skipped = np.isfinite(self._loss[:n]) & np.isfinite(scale) & (nxt < scale)
+        anomalies = detect_lib.detect_anomalies(
+            positions, self._loss[:n], nonfinite=self._nonfinite[:n],
+            skipped=skipped)
+        judged_from = positions[0] + (0 if self._complete else CONTEXT)
+        return sorted({int(pos) - self._offset
+                       for a in anomalies if a.kind in LOCAL_KINDS
+                       for pos in (a.step, a.peak_step) if pos >= judged_from})

@@ -1,0 +1,143 @@
+"""The offline analysis on the host keeps the detail rows it will need.
+
+The in-graph detector flags a slow rise only once it is far up; the
+offline analysis dates its onset much earlier. `record.recheck` runs the
+analysis over the recent rows at each flush, so the per-variable rows
+around every onset and peak it reports are written.
+"""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tb_stability
+from tb_stability import analysis
+from tb_stability.analysis import detect as detect_lib
+from tb_stability.config import RecorderConfig
+from tb_stability.record import recheck
+from tb_stability.record.writer import DetailSelector
+
+CONFIG = RecorderConfig()
+BEFORE, AFTER = CONFIG.detail_before, CONFIG.detail_after
+
+
+def _slow_divergence(logdir, steps=800, seed=5):
+    """SGD on a linear regression whose learning rate ramps past the
+    stability limit of the bias (curvature 2): the loss drifts up slowly
+    from about step 320, and the detector flags it only 200 steps later."""
+    rng = np.random.default_rng(seed)
+    x = (0.3 * rng.normal(size=(steps * 4, 4))).astype("float32")
+    w = rng.normal(size=(4, 1)).astype("float32")
+    y = (x @ w + 1.0 + 0.3 * rng.normal(size=(steps * 4, 1))).astype("float32")
+
+    class Ramp(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            ramp = 0.9 + 0.15 * tf.minimum((step - 300.0) / 300.0, 1.0)
+            return tf.where(step < 300.0, 0.1, ramp)
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(optimizer=keras.optimizers.SGD(Ramp()), loss="mse",
+                  steps_per_execution=10)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+
+
+def _around(step, first, last):
+    return range(max(step - BEFORE, first), min(step + AFTER, last) + 1)
+
+
+def test_detail_rows_at_the_onset_the_analysis_reports(tmp_path):
+    logdir = str(tmp_path / "run")
+    _slow_divergence(logdir)
+    run = analysis.load_logdir(logdir)["."]
+    assert len(run.steps) == 800
+    anomalies = detect_lib.detect_anomalies(run.steps, run.col("loss"),
+                                            nonfinite=run.col("nonfinite"))
+    kept = [a for a in anomalies if a.kind in recheck.LOCAL_KINDS]
+    assert any(a.kind == "divergence" for a in kept), anomalies
+    flagged = run.steps[run.col("flags") != 0]
+    online = {int(s) for f in flagged for s in _around(int(f), 0, 799)}
+    detail = set(run.detail_steps.tolist())
+    points = [s for a in kept for s in (a.step, a.peak_step)]
+    # The detector alone would have left these without detail rows.
+    assert any(s not in online for s in points), (kept, flagged)
+    for s in points:
+        missing = [t for t in _around(s, 0, 799) if t not in detail]
+        assert not missing, (s, missing)
+    # Besides the first steps, no more than the windows asked for.
+    assert len(detail) <= CONFIG.first_steps + (len(points) + len(flagged)) * (BEFORE + AFTER + 1)
+
+
+def _simulate(loss, flush_every):
+    """What the recorder does on the host with rows of `loss`, flushed every
+    `flush_every` rows: the detail rows it writes (as row counts)."""
+    capacity = 2 * (256 + 1) + 64
+    check = recheck.Recheck(capacity, 256)
+    selector = DetailSelector(CONFIG)
+    written = []
+    G = len(tb_stability.metadata.GLOBAL_COLUMNS)
+    rows = np.zeros([len(loss), G], np.float32)
+    rows[:, tb_stability.metadata.GLOBAL["loss"]] = loss
+    rows[:, tb_stability.metadata.GLOBAL["loss_scale"]] = np.nan
+    n = len(loss)
+    for start in range(0, n, flush_every):
+        count = min(start + flush_every, n)
+        final = count == n
+        check.add(start, np.arange(start, count), rows[start:count])
+        if check.due(final):
+            selector.note_rows(check.rows(final), count, capacity)
+        wanted = selector.wanted(count, capacity, 0 if final else check.hold)
+        assert all(r > selector.written for r in wanted)
+        assert all(r >= count - capacity for r in wanted)
+        written += wanted
+        if wanted:
+            selector.written = wanted[-1]
+    return written
+
+
+def test_healthy_noise_keeps_only_the_first_steps():
+    rng = np.random.default_rng(0)
+    loss = 0.1 * np.exp(0.5 * rng.normal(size=3000))
+    for every in (1, 10, 256):
+        assert _simulate(loss, every) == list(range(CONFIG.first_steps)), every
+
+
+def test_slow_rise_onset_found_late_still_has_its_rows():
+    rng = np.random.default_rng(1)
+    n, onset = 1500, 1000
+    loss = 0.1 * np.exp(0.3 * rng.normal(size=n))
+    loss[onset:] *= 1.02 ** np.arange(n - onset)  # a slow geometric rise
+    found = detect_lib.detect_anomalies(np.arange(n), loss)
+    assert [a.kind for a in found] == ["divergence"], found
+    a = found[0]
+    assert onset <= a.step < a.peak_step
+    for every in (1, 10, 256):  # a Monitor under XLA flushes each step
+        written = set(_simulate(loss, every))
+        for s in (a.step, a.peak_step):
+            assert set(_around(s, 0, n - 1)) <= written, (every, s)
+        assert len(written) <= CONFIG.first_steps + 41 * (1 + n // 256 + 1)
+
+
+def test_a_failing_analysis_leaves_the_recording(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken analysis")
+
+    monkeypatch.setattr(detect_lib, "detect_anomalies", broken)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=10)
+    logdir = str(tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="tb_stability"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+                  callbacks=[tb_stability.keras.StabilityCallback(logdir, window=64)])
+    assert "offline analysis" in caplog.text
+    run = analysis.load_logdir(logdir)["."]
+    assert list(run.steps) == list(range(300))  # every row still written
+    assert list(run.detail_steps) == list(range(CONFIG.first_steps))

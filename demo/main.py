@@ -10,6 +10,7 @@ a one-step spike from a bad batch).
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -40,13 +41,13 @@ def _model(seed):
     ])
 
 
-def keras_run(logdir, name, outlier_step=None, steps=1500, batch=16):
+def keras_run(logdir, name, outlier_step=None, steps=1500, batch=16, seed=0):
     import keras
 
     import tb_stability
 
-    x, y = _regression(steps, batch, seed=0, outlier_step=outlier_step)
-    model = _model(0)
+    x, y = _regression(steps, batch, seed=seed, outlier_step=outlier_step)
+    model = _model(seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     cb = tb_stability.keras.StabilityCallback(os.path.join(logdir, name))
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
@@ -58,19 +59,58 @@ def _seed_runs():
 
     runs = []
     for name, fn in seeds.SCENARIOS:
-        runs.append((f"{name}-bad", lambda d, fn=fn, name=name:
-                     fn(os.path.join(d, f"{name}-bad"), fixed=False)))
-        runs.append((f"{name}-fixed", lambda d, fn=fn, name=name:
-                     fn(os.path.join(d, f"{name}-fixed"), fixed=True)))
+        runs.append((f"{name}-bad", lambda d, fn=fn, name=name, **kw:
+                     fn(os.path.join(d, f"{name}-bad"), fixed=False, **kw)))
+        runs.append((f"{name}-fixed", lambda d, fn=fn, name=name, **kw:
+                     fn(os.path.join(d, f"{name}-fixed"), fixed=True, **kw)))
         if name == "seed001":
-            runs.append(("seed001-bad-nan", lambda d: seeds.seed001(
-                os.path.join(d, "seed001-bad-nan"), fixed=False, lr=3e-3)))
+            runs.append(("seed001-bad-nan", lambda d, **kw: seeds.seed001(
+                os.path.join(d, "seed001-bad-nan"), fixed=False, lr=3e-3, **kw)))
     return runs
 
 
+# (name, fn(logdir, seed=0, **overrides)): each trains one run into
+# logdir/name; `seed` picks its data, batch order and initialisation.
 RUNS = tuple(_seed_runs()) + (
-    ("outlier-batch", lambda d: keras_run(d, "outlier-batch", outlier_step=900)),
+    ("outlier-batch", lambda d, **kw: keras_run(d, "outlier-batch", outlier_step=900, **kw)),
 )
+
+
+@contextlib.contextmanager
+def deterministic(seed=0):
+    """Seeds Python, NumPy and TensorFlow; op determinism inside the block.
+
+    With op determinism (and the fixed intra-op thread count demo/__init__
+    sets) a run gives the same numbers on every execution; across machines
+    the CPU's instruction set can still change the last bits, which is why
+    each scenario's diagnosis is checked over several seeds
+    (tests/test_seeds.py), not over one trajectory. Op determinism is
+    process-wide: it is turned off again on exit if it was off before, so
+    that training a demo run does not change the numbers of what runs next.
+    """
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    was_on = tf_config.is_op_determinism_enabled()
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            tf_config.disable_op_determinism()
+
+
+def run_one(logdir, name, seed=0, **overrides):
+    """Trains the demo run `name` into logdir/name with the given seed.
+
+    `overrides` go to the run's function (e.g. steps=...). Returns what the
+    run's function returned.
+    """
+    fn = dict(RUNS)[name]
+    with deterministic(seed):
+        return fn(logdir, seed=seed, **overrides)
 
 
 def run_all(logdir, log=print, only=None):
@@ -89,7 +129,8 @@ def run_all(logdir, log=print, only=None):
     for i, (name, fn) in enumerate(runs, start=1):
         t0 = time.perf_counter()
         log(f"[{i}/{len(runs)}] training {name} ...")
-        results[name] = fn(logdir)
+        with deterministic(0):
+            results[name] = fn(logdir)
         log(f"[{i}/{len(runs)}] {name} done in {time.perf_counter() - t0:.1f} s")
     return results
 

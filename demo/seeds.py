@@ -1,9 +1,11 @@
 """The four seed blow-ups of ../shared/seeds/, each broken and fixed.
 
-Every scenario is a function `(logdir, fixed) -> dict` that trains one run
-into `logdir` with tb_stability and returns what a test needs to check the
-reproduction (losses per step, first non-finite step, accuracy). Seeds are
-fixed: each run is deterministic on a given machine. See demo/README.md for
+Every scenario is a function `(logdir, fixed, ..., seed=0) -> dict` that
+trains one run into `logdir` with tb_stability and returns what a test needs
+to check the reproduction (losses per step, first non-finite step,
+accuracy). `seed` picks the data, the batch order and the initialisation
+(seed 0 is the demo's run); under demo.main.deterministic each run is the
+same on every execution. See demo/README.md for
 the threads, mechanisms, fixes and the diagnosis tb_stability should give.
 """
 
@@ -19,7 +21,7 @@ def _first_nonfinite(losses):
     return int(bad[0]) if len(bad) else None
 
 
-def seed000(logdir, fixed, batch=256, steps=1000):
+def seed000(logdir, fixed, batch=256, steps=1000, seed=0):
     """Summed softmax cross-entropy + SGD(0.01): NaN past a batch size.
 
     Broken: the beginners' tutorial loss `-reduce_sum(y * log(softmax))`,
@@ -33,16 +35,16 @@ def seed000(logdir, fixed, batch=256, steps=1000):
 
     import tb_stability
 
-    x, labels = mnist_like(60000, seed=0)
+    x, labels = mnist_like(60000, seed=seed)
     y = one_hot(labels)
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(10, kernel_initializer="zeros", name="softmax"),
     ], name="seed000")
     opt = keras.optimizers.SGD(0.5 if fixed else 0.01)
     variables = model.trainable_variables
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     losses = []
     with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
         @tf.function
@@ -72,7 +74,7 @@ def seed000(logdir, fixed, batch=256, steps=1000):
             "accuracy": accuracy, "batch": batch}
 
 
-def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2):
+def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2, seed=0):
     """A 3-layer Keras MLP on raw 0..255 pixels: stuck at ln 10, or NaN.
 
     Broken: pixels in 0..255 make the first layer's pre-activations and
@@ -84,11 +86,11 @@ def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2):
 
     import tb_stability
 
-    x, labels = mnist_like(5000, seed=1)
+    x, labels = mnist_like(5000, seed=1 + seed)
     y = one_hot(labels)
     if not fixed:
         x = x * 255.0
-    keras.utils.set_random_seed(model_seed)
+    keras.utils.set_random_seed(model_seed + seed)
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(784, name="dense_in"),
@@ -107,7 +109,7 @@ def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2):
             else "epoch"}
 
 
-def seed002(logdir, fixed, batch=1024, steps=10000):
+def seed002(logdir, fixed, batch=1024, steps=10000, seed=0):
     """Adam at very low loss: spikes by orders of magnitude, again and again.
 
     Broken: learn the mean of 100 uniform numbers (exactly realisable) with
@@ -121,7 +123,7 @@ def seed002(logdir, fixed, batch=1024, steps=10000):
 
     import tb_stability
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((100,)),
         keras.layers.Dense(100, name="dense_1"),
@@ -131,7 +133,7 @@ def seed002(logdir, fixed, batch=1024, steps=10000):
         1e-3, decay_steps=500, decay_rate=0.99)
     opt = keras.optimizers.Adam(schedule, epsilon=1e-2 if fixed else 1e-8)
     variables = model.trainable_variables
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     losses = np.empty(steps)
     with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
         @tf.function
@@ -150,7 +152,7 @@ def seed002(logdir, fixed, batch=1024, steps=10000):
     return {"losses": losses.tolist(), "nan_step": _first_nonfinite(losses)}
 
 
-def seed003(logdir, fixed, batch=256, steps=8000):
+def seed003(logdir, fixed, batch=256, steps=8000, seed=0):
     """Adam trains well for thousands of steps, then blows up.
 
     Broken: a realisable multi-output regression (a linear teacher) with
@@ -165,12 +167,13 @@ def seed003(logdir, fixed, batch=256, steps=8000):
 
     import tb_stability
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     teacher = tf.constant(rng.normal(size=(16, 4)).astype(np.float32) / 4)
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
 
     def batch_of(i):
-        xb = tf.random.stateless_normal([batch, 16], seed=tf.stack([i, 7]))
+        pair = tf.stack([i, tf.constant(7 + seed, tf.int64)])
+        xb = tf.random.stateless_normal([batch, 16], seed=pair)
         return xb, xb @ teacher
 
     data = tf.data.Dataset.range(steps).map(batch_of)

@@ -1,7 +1,9 @@
 """Small synthetic training runs, one per cause id, and healthy controls.
 
-Each function trains a run of its own into `logdir` with tb_stability (well
-under a minute on CPU) and is deterministic (fixed seeds).
+Each function `(logdir, seed=0)` trains a run of its own into `logdir` with
+tb_stability (well under a minute on CPU) and is deterministic: `seed` picks
+the data, the batch order and the initialisation (tests/test_seeds.py checks
+that the diagnosis holds over several).
 """
 
 import math
@@ -48,9 +50,9 @@ def _xent(logits, yb):
     return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, logits))
 
 
-def _fit(logdir, model, opt, batch, epochs):
+def _fit(logdir, model, opt, batch, epochs, seed=0):
     """Keras fit on the classification data with StabilityCallback."""
-    x, y = _classification()
+    x, y = _classification(seed=seed)
     model.compile(optimizer=opt, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0,
               callbacks=[tb_stability.keras.StabilityCallback(logdir)])
@@ -65,23 +67,23 @@ def _batches(x, y, batch, seed=0):
     return get
 
 
-def log_zero(logdir):
+def log_zero(logdir, seed=0):
     """Hand-written mean cross-entropy, SGD far too fast: log(0) -> NaN."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, name="logits")],
                              name="logzero")
     opt = keras.optimizers.SGD(30.0)
 
     def loss_fn(logits, yb):
         return -tf.reduce_mean(tf.reduce_sum(yb * tf.math.log(tf.nn.softmax(logits)), 1))
-    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64), 200)
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 64, seed=seed), 200)
 
 
-def nonfinite_gradient(logdir):
+def nonfinite_gradient(logdir, seed=0):
     """sqrt(relu(h)): finite forward, 0 * inf = NaN in the backward pass."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(32, name="hidden"),
@@ -90,13 +92,13 @@ def nonfinite_gradient(logdir):
     ], name="nfgrad")
     opt = keras.optimizers.Adam(1e-3)
 
-    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 60)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64, seed=seed), 60)
 
 
-def learning_rate(logdir):
+def learning_rate(logdir, seed=0):
     """A warm-up that jumps to a learning rate 100x too large at step 300."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((784,)),
                               keras.layers.Dense(64, activation="tanh", name="hidden"),
                               keras.layers.Dense(10, name="logits")], name="lr")
@@ -107,13 +109,13 @@ def learning_rate(logdir):
 
     opt = keras.optimizers.SGD(Jump())
 
-    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 600)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64, seed=seed), 600)
 
 
-def bad_init(logdir):
+def bad_init(logdir, seed=0):
     """Weights drawn 30x too large: huge loss and gradients from step 0."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     init = keras.initializers.RandomNormal(stddev=3.0)
     model = keras.Sequential([keras.Input((784,))] + [
         keras.layers.Dense(64, activation="relu", kernel_initializer=init, name=f"d{i}")
@@ -121,31 +123,31 @@ def bad_init(logdir):
         name="badinit")
     opt = keras.optimizers.SGD(0.01)
 
-    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 300)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64, seed=seed), 300)
 
 
-def dead_units(logdir):
+def dead_units(logdir, seed=0):
     """ReLUs killed at init (large negative bias): output pinned at ln 10."""
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(64, activation="relu", bias_initializer=keras.initializers.Constant(-50.0),
                            name="hidden"),
         keras.layers.Dense(10, name="logits")], name="dead")
-    _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2)
+    _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2, seed=seed)
 
 
-def vanishing_gradient(logdir):
+def vanishing_gradient(logdir, seed=0):
     """A deep sigmoid stack with small weights: early layers stop learning."""
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     init = keras.initializers.RandomNormal(stddev=0.05)
     model = keras.Sequential([keras.Input((784,))] + [
         keras.layers.Dense(32, activation="sigmoid", kernel_initializer=init, name=f"d{i}")
         for i in range(10)] + [keras.layers.Dense(10, name="logits")], name="vanish")
-    _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2)
+    _fit(logdir, model, keras.optimizers.SGD(0.01), batch=32, epochs=2, seed=seed)
 
 
-def exploding_gradient(logdir):
+def exploding_gradient(logdir, seed=0):
     """Pascanu's cliff: a tanh RNN, plain SGD, no clipping, on a memory task.
 
     The class (1 of 4) is shown at the first of 30 steps of distractor noise
@@ -159,8 +161,8 @@ def exploding_gradient(logdir):
     spikes ~300x (peak at step 451) and recovers only after ~100 steps.
     """
     steps, length, classes, batch = 600, 30, 4, 64
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
 
     def batches(step):
         x = 0.2 * rng.normal(size=(batch, length, classes)).astype(np.float32)
@@ -172,7 +174,7 @@ def exploding_gradient(logdir):
     model = keras.Sequential([
         keras.Input((length, classes)),
         keras.layers.SimpleRNN(16, use_bias=False, name="rnn",
-                               recurrent_initializer=keras.initializers.Orthogonal(1.0, seed=0)),
+                               recurrent_initializer=keras.initializers.Orthogonal(1.0, seed=seed)),
         keras.layers.Dense(16, activation="tanh", name="hidden"),
         keras.layers.Dense(classes, name="logits")], name="explode")
     opt = keras.optimizers.SGD(0.05)
@@ -180,31 +182,31 @@ def exploding_gradient(logdir):
     return _loop(logdir, model, opt, _xent, batches, steps)
 
 
-def healthy_noisy_sgd(logdir):
-    keras.utils.set_random_seed(0)
+def healthy_noisy_sgd(logdir, seed=0):
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((784,)),
                               keras.layers.Dense(64, activation="relu", name="hidden"),
                               keras.layers.Dense(10, name="logits")], name="noisy")
-    _fit(logdir, model, keras.optimizers.SGD(0.05), batch=4, epochs=1)
+    _fit(logdir, model, keras.optimizers.SGD(0.05), batch=4, epochs=1, seed=seed)
 
 
-def healthy_summed_adam(logdir):
+def healthy_summed_adam(logdir, seed=0):
     """A summed loss under Adam: scale invariant, not a cause."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, name="logits")],
                              name="sumadam")
     opt = keras.optimizers.Adam(1e-3)
 
     def loss_fn(logits, yb):
         return -tf.reduce_sum(yb * tf.math.log(tf.nn.softmax(logits) + 1e-7))
-    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 256), 600)
+    return _loop(logdir, model, opt, loss_fn, _batches(x, y, 256, seed=seed), 600)
 
 
-def healthy_warmup(logdir):
+def healthy_warmup(logdir, seed=0):
     """A large but stable learning-rate warm-up (linear to 0.1 over 300 steps)."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((784,)),
                               keras.layers.Dense(64, activation="relu", name="hidden"),
                               keras.layers.Dense(10, name="logits")], name="warmup")
@@ -215,16 +217,16 @@ def healthy_warmup(logdir):
 
     opt = keras.optimizers.SGD(Warmup(), momentum=0.9)
 
-    return _loop(logdir, model, opt, _xent, _batches(x, y, 64), 800)
+    return _loop(logdir, model, opt, _xent, _batches(x, y, 64, seed=seed), 800)
 
 
-def nonfinite_input(logdir):
+def nonfinite_input(logdir, seed=0):
     """NaN in input feature 300 from step 200; the user masks non-finite
     activations, so the loss stays finite while x^T delta poisons the first
     kernel (a silent NaN).
     """
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((784,)),
         keras.layers.Dense(32, name="hidden"),
@@ -233,7 +235,7 @@ def nonfinite_input(logdir):
         keras.layers.Dense(10, name="logits"),
     ], name="nfinput")
     opt = keras.optimizers.Adam(1e-3)
-    base = _batches(x, y, 64)
+    base = _batches(x, y, 64, seed=seed)
 
     def batches(step):
         xb, yb = base(step)
@@ -245,15 +247,15 @@ def nonfinite_input(logdir):
     return _loop(logdir, model, opt, _xent, batches, 260)
 
 
-def unknown(logdir):
+def unknown(logdir, seed=0):
     """A loss spike no recorded signal supports (the value was misreported)."""
-    x, y = _classification()
-    keras.utils.set_random_seed(0)
+    x, y = _classification(seed=seed)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, name="logits")],
                              name="unknown")
     opt = keras.optimizers.SGD(0.1)
     variables = model.trainable_variables
-    get = _batches(x, y, 64)
+    get = _batches(x, y, 64, seed=seed)
     with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
         for step in range(600):
             xb, yb = get(step)

@@ -24,7 +24,8 @@ which the noise of small-batch SGD does not move much.
   above the best it had reached: over `WINDOW` blocks, at least
   `HIGH_FRACTION` of them `RISE` decades (and `RISE_NOISE` times the noise
   of a block median) above the best block before them,
-  in at least `RETURNS` separate returns, while the best improves by less
+  in at least `RETURNS` separate returns (each after the loss came back
+  within half that of its best), while the best improves by less
   than `NET_PROGRESS` decades. Steps inside spikes and divergences already
   found are left out, so a train of spikes is its spikes.
 """
@@ -244,6 +245,16 @@ def instability(steps, loss, y, stop, masked=None):
     with np.errstate(invalid="ignore"):
         excess = med - best_before
         high = np.isfinite(excess) & (excess >= rise)
+    # A return starts a run of high blocks after the loss came back near
+    # its best (within rise / 2): hovering at the threshold is one return.
+    low = np.isfinite(excess) & (excess < rise / 2)
+    back = np.zeros(k, bool)
+    came_back = True
+    for j in range(k):
+        if high[j] and came_back:
+            back[j], came_back = True, False
+        elif low[j]:
+            came_back = True
     bad = np.zeros(k, bool)
     for s in range(1, k - WINDOW + 1):
         w = slice(s, s + WINDOW)
@@ -251,7 +262,7 @@ def instability(steps, loss, y, stop, masked=None):
         if finite < WINDOW // 2:
             continue
         h = high[w]
-        returns = int(np.sum(h[1:] & ~h[:-1]) + h[0])
+        returns = int(back[w][1:].sum() + h[0])
         progress = best_before[s] - best[s + WINDOW - 1]
         if h.sum() >= HIGH_FRACTION * finite and returns >= RETURNS \
                 and np.isfinite(best_before[s]) and progress < NET_PROGRESS:

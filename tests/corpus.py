@@ -27,7 +27,6 @@ import numpy as np
 import tensorflow as tf
 
 import tb_stability
-from scenarios import _loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +35,34 @@ class CorpusRun:
     expect: Optional[str]
     family: str
     source: str
+
+
+# ---------------------------------------------------------------- loops
+
+
+def _loop(logdir, model, opt, loss_fn, batches, steps):
+    """A custom training loop recorded by `Monitor`; the per-step losses.
+
+    Stops early once 20 steps in a row had a non-finite loss.
+    """
+    variables = model.trainable_variables
+    with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
+        @tf.function
+        def step_fn(step, xb, yb):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(model(xb, training=True), yb)
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables))
+            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0])
+            return loss
+
+        losses = []
+        for step in range(steps):
+            xb, yb = batches(step)
+            losses.append(float(step_fn(tf.constant(step, tf.int64), xb, yb)))
+            if len(losses) > 20 and not any(map(math.isfinite, losses[-20:])):
+                break
+    return losses
 
 
 # ---------------------------------------------------------------- data
@@ -169,7 +196,7 @@ def chronic_sgd_momentum(logdir, seed=0):
     y = _one_hot(labels, 10)
     model = _mlp(32, [64], 10, activation="tanh", name="chronicsgd")
     return _loop(logdir, model, keras.optimizers.SGD(2.0, momentum=0.9), _xent,
-                 _batches(rng, x, y, 64), 800)
+                 _batches(rng, x, y, 64), 600)
 
 
 def chronic_adam(logdir, seed=0):
@@ -179,7 +206,7 @@ def chronic_adam(logdir, seed=0):
     y = _one_hot(labels, 10)
     model = _mlp(32, [64], 10, activation="tanh", name="chronicadam")
     return _loop(logdir, model, keras.optimizers.Adam(0.3), _xent,
-                 _batches(rng, x, y, 64), 800)
+                 _batches(rng, x, y, 64), 600)
 
 
 def frozen_softmax_bce(logdir, seed=0):
@@ -197,7 +224,7 @@ def frozen_softmax_bce(logdir, seed=0):
         p = tf.clip_by_value(p, 1e-7, 1.0 - 1e-7)
         return -tf.reduce_mean(yb * tf.math.log(p) + (1.0 - yb) * tf.math.log(1.0 - p))
     return _loop(logdir, model, keras.optimizers.Adam(1e-3), loss_fn,
-                 _batches(rng, x, y, 64), 400)
+                 _batches(rng, x, y, 64), 300)
 
 
 def frozen_cce_width1(logdir, seed=0):
@@ -206,11 +233,11 @@ def frozen_cce_width1(logdir, seed=0):
     step (while the weights still move: the op's gradient softmax - y
     assumes the labels sum to 1)."""
     rng = _seed(seed)
-    x, labels = _blobs(rng, 2048, 16, 2)
+    x, labels = _blobs(rng, 1536, 16, 2)
     model = _mlp(16, [16], 1, out_activation="softmax", name="cce1")
     _fit(logdir, model, x, labels[:, None].astype(np.float32),
          loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(1e-3),
-         batch=64, epochs=8)
+         batch=64, epochs=6)
 
 
 def frozen_relu_output(logdir, seed=0):
@@ -247,7 +274,7 @@ def silent_nan_masked_loss(logdir, seed=0):
         ok = tf.math.is_finite(err)
         return tf.reduce_sum(tf.where(ok, err, 0.0)) / tf.maximum(
             tf.reduce_sum(tf.cast(ok, tf.float32)), 1.0)
-    return _loop(logdir, model, keras.optimizers.Adam(1e-3), loss_fn, batches, 500)
+    return _loop(logdir, model, keras.optimizers.Adam(1e-3), loss_fn, batches, 400)
 
 
 def unscaled_inputs_lnc(logdir, seed=0):
@@ -275,7 +302,7 @@ def spike_train(logdir, seed=0):
             yb = 30.0 * yb
         return xb, yb
     model = _mlp(10, [32], 1, name="spiketrain")
-    return _loop(logdir, model, keras.optimizers.Adam(3e-3), _mse, batches, 900)
+    return _loop(logdir, model, keras.optimizers.Adam(3e-3), _mse, batches, 720)
 
 
 def divergence_sgd_mse(logdir, seed=0):
@@ -323,7 +350,7 @@ def ok_noisy_small_batch(logdir, seed=0):
     y = _one_hot(labels, 10)
     model = _mlp(32, [64], 10, name="noisy")
     return _loop(logdir, model, keras.optimizers.SGD(0.1), _xent,
-                 _batches(rng, x, y, 8), 1200)
+                 _batches(rng, x, y, 8), 800)
 
 
 def ok_slow_descent(logdir, seed=0):
@@ -345,7 +372,7 @@ def ok_deep_linear_saddle(logdir, seed=0):
         keras.layers.Dense(16, use_bias=False, kernel_initializer=init, name=f"d{i}")
         for i in range(4)] + [keras.layers.Dense(1, use_bias=False, kernel_initializer=init,
                                                  name="out")], name="saddle")
-    return _loop(logdir, model, keras.optimizers.SGD(0.05), _mse,
+    return _loop(logdir, model, keras.optimizers.SGD(0.03), _mse,
                  _batches(rng, x, y, 64), 1000)
 
 
@@ -406,17 +433,17 @@ def ok_noise_floor(logdir, seed=0):
     x, y = _linear(rng, 4096, 10, noise=0.5, gain=3.0)
     model = _mlp(10, [32], 1, name="floor")
     return _loop(logdir, model, keras.optimizers.Adam(3e-3), _mse,
-                 _batches(rng, x, y, 64), 900)
+                 _batches(rng, x, y, 64), 600)
 
 
 def ok_near_zero_loss(logdir, seed=0):
     """Separable classes under Adam: the loss goes down to 1e-5 and below."""
     rng = _seed(seed)
-    x, labels = _blobs(rng, 4096, 16, 4, sep=6.0)
+    x, labels = _blobs(rng, 4096, 16, 4, sep=8.0)
     y = _one_hot(labels, 4)
     model = _mlp(16, [32], 4, name="nearzero")
-    return _loop(logdir, model, keras.optimizers.Adam(3e-3), _xent,
-                 _batches(rng, x, y, 64), 1200)
+    return _loop(logdir, model, keras.optimizers.Adam(1e-2), _xent,
+                 _batches(rng, x, y, 64), 800)
 
 
 def ok_cosine_restarts(logdir, seed=0):

@@ -9,9 +9,9 @@ To iterate on the detector without retraining:
     python tests/scripts/train_corpus.py /tmp/corpus_logs
 """
 
+import corpus
 import pytest
 
-import corpus
 from tb_stability import analysis
 
 KINDS = {"spike", "divergence", "nonfinite", "plateau", "instability"}

@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def summary(logdir, names):
     """Lines of a table: run, family, expect, detected kinds (onset steps)."""
     import corpus  # pylint: disable=import-outside-toplevel
+
     from tb_stability import analysis  # pylint: disable=import-outside-toplevel
 
     report = {r["run"]: r for r in analysis.report_logdir(logdir)["runs"]}

@@ -9,6 +9,8 @@ around every onset and peak it reports are written.
 import logging
 
 import keras
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -70,7 +72,10 @@ def test_detail_rows_at_the_onset_the_analysis_reports(tmp_path):
         missing = [t for t in _around(s, 0, 799) if t not in detail]
         assert not missing, (s, missing)
     # Besides the first steps, no more than the windows asked for.
-    assert len(detail) <= CONFIG.first_steps + (len(points) + len(flagged)) * (BEFORE + AFTER + 1)
+    # ... and a span where the loss went flat, at each level it settled at.
+    flats = 2
+    assert len(detail) <= CONFIG.first_steps + (len(points) + len(flagged) + flats) * (
+        BEFORE + AFTER + 1)
 
 
 def _simulate(loss, flush_every):
@@ -100,11 +105,34 @@ def _simulate(loss, flush_every):
     return written
 
 
-def test_healthy_noise_keeps_only_the_first_steps():
+def test_healthy_noise_keeps_the_first_steps_and_where_it_went_flat():
+    """Flat noise from the first step: the first steps and one span around
+    the onset of the flat stretch (a stall's onset, should the run end so),
+    not one per analysis."""
     rng = np.random.default_rng(0)
     loss = 0.1 * np.exp(0.5 * rng.normal(size=3000))
     for every in (1, 10, 256):
-        assert _simulate(loss, every) == list(range(CONFIG.first_steps)), every
+        written = _simulate(loss, every)
+        assert written[:CONFIG.first_steps] == list(range(CONFIG.first_steps)), every
+        assert len(written) <= CONFIG.first_steps + BEFORE + AFTER + 1, every
+        assert max(written) < 100, every
+
+
+def test_a_stall_mid_run_keeps_its_onset():
+    """A loss falling from 30 reaches ln 10 at row 1200 and stays there: the
+    plateau is known from the whole run only 300+ rows later, the rows
+    around its onset are kept."""
+    rng = np.random.default_rng(2)
+    n = 2500
+    t = np.arange(n)
+    loss = np.exp(np.maximum(math.log(30.0) * (1 - t / 1200.0), 0.0)) * math.log(10)
+    loss *= np.exp(0.005 * rng.normal(size=n))
+    (a,) = detect_lib.detect_anomalies(t, loss, classes=10)
+    assert (a.kind, a.pattern) == ("plateau", "chance") and 1150 <= a.step <= 1220, a
+    for every in (1, 10, 256):
+        written = set(_simulate(loss, every))
+        assert any(a.step - BEFORE <= r <= a.step + AFTER for r in written), every
+        assert len(written) <= CONFIG.first_steps + 3 * (BEFORE + AFTER + 1), every
 
 
 def test_slow_rise_onset_found_late_still_has_its_rows():

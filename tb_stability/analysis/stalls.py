@@ -126,16 +126,13 @@ def _stuck(level, row, y, med, j, size, *, start, chance_levels, grad_norm,
     return None
 
 
-def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
-    """The stall that runs to row `stop` (exclusive), as a list of 0 or 1."""
-    if stop < max(STALL_MIN_STEPS, 2 * BLOCK):
-        return []
-    med, size, noise = block_medians(y, stop)
-    spread_limit = max(STALL_SPREAD, SPREAD_NOISE * noise)
+def _flat_start(med, min_blocks, spread_limit):
+    """The first block of the longest flat suffix of `med`, or None.
+
+    Flat: at least `min_blocks` long, no progress from its first quarter to
+    its last, its blocks within `spread_limit`.
+    """
     k = len(med)
-    min_blocks = max(-(-STALL_MIN_STEPS // size), math.ceil(STALL_MIN_FRACTION * k), 4)
-    if k < min_blocks or not np.isfinite(med[-1]):
-        return []
     found = None
     for j in range(k - min_blocks, -1, -1):
         suf = med[j:]
@@ -148,13 +145,49 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
             spread = np.nanpercentile(suf, 98) - np.nanpercentile(suf, 2)
         if progress < STALL_PROGRESS and spread <= spread_limit:
             found = j
+    return found
+
+
+def flat_onset(y):
+    """(row, level) where the loss `y` (log10) stopped moving, or None.
+
+    The start of the flat suffix of `y`, at least `STALL_MIN_STEPS` long,
+    by the stall's test of flatness alone (no judgement of the level: a
+    converged run is flat too). The recorder keeps per-variable rows there,
+    since a plateau is only known, from the whole run, once its onset is
+    long past.
+    """
+    stop = len(y)
+    if stop < STALL_MIN_STEPS:
+        return None
+    med, size, noise = block_medians(y, stop)
+    min_blocks = -(-STALL_MIN_STEPS // size)
+    if len(med) < min_blocks or not np.isfinite(med[-1]):
+        return None
+    j = _flat_start(med, min_blocks, max(STALL_SPREAD, SPREAD_NOISE * noise))
+    if j is None:
+        return None
+    return j * size, _nanmedian(med[j:])
+
+
+def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
+    """The stall that runs to row `stop` (exclusive), as a list of 0 or 1."""
+    if stop < max(STALL_MIN_STEPS, 2 * BLOCK):
+        return []
+    med, size, noise = block_medians(y, stop)
+    spread_limit = max(STALL_SPREAD, SPREAD_NOISE * noise)
+    k = len(med)
+    min_blocks = max(-(-STALL_MIN_STEPS // size), math.ceil(STALL_MIN_FRACTION * k), 4)
+    if k < min_blocks or not np.isfinite(med[-1]):
+        return []
+    found = _flat_start(med, min_blocks, spread_limit)
     if found is None:
         return []
     j = found
     level = _nanmedian(med[j:])
-    # The onset: past the blocks of the stretch far below its level (the
-    # last of the progress before a blow-up).
-    while j < k - min_blocks and med[j] < level - spread_limit:
+    # The onset: past the blocks of the stretch off its level (the last of
+    # the descent, or of the progress before a blow-up).
+    while j < k - min_blocks and not abs(med[j] - level) <= spread_limit / 2:
         j += 1
     row = j * size
     start = _start(y, stop)
@@ -246,12 +279,15 @@ def instability(steps, loss, y, stop, masked=None):
         excess = med - best_before
         high = np.isfinite(excess) & (excess >= rise)
     # A return starts a run of high blocks after the loss came back near
-    # its best (within rise / 2): hovering at the threshold is one return.
+    # its best (within rise / 2): hovering at the threshold is one return,
+    # and so is the tail of a spike already found.
     low = np.isfinite(excess) & (excess < rise / 2)
     back = np.zeros(k, bool)
     came_back = True
     for j in range(k):
-        if high[j] and came_back:
+        if not np.isfinite(med[j]):
+            came_back = False  # inside a spike: its tail is not a return
+        elif high[j] and came_back:
             back[j], came_back = True, False
         elif low[j]:
             came_back = True

@@ -21,15 +21,19 @@ only chooses rows to keep.
 
 Only the kinds judged against a local baseline are taken (`LOCAL_KINDS`). A
 plateau is judged on the whole run (its first loss, the best it reached,
-its end), which the history does not hold: over a few hundred rows a
-healthy stretch can look stuck, and a real plateau's onset is far older
-than the rings anyway.
+its end), which the history does not hold, and it is known only once it is
+long, its onset far older than the rings. So the rows where the loss
+stopped moving are kept instead (`stalls.flat_onset`: the stall's test of
+flatness without its judgement of the level), once per flat stretch at a
+new level: a converged run keeps them too, one span of detail rows for
+each level it settles at.
 """
 
 import numpy as np
 
 from tb_stability import metadata
 from tb_stability.analysis import detect as detect_lib
+from tb_stability.analysis import stalls
 
 _LOSS = metadata.GLOBAL["loss"]
 _NONFINITE = metadata.GLOBAL["nonfinite"]
@@ -75,6 +79,8 @@ class Recheck:
         self._nonfinite = np.zeros([0], np.float64)
         self._scale = np.zeros([0], np.float64)
         self._analysed = 0  # rows added when the analysis last ran
+        self._flat_end = None  # position where the last flat stretch kept was seen
+        self._flat_level = None  # its level (log10)
 
     @property
     def end(self):
@@ -154,6 +160,27 @@ class Recheck:
             positions, self._loss[:n], nonfinite=self._nonfinite[:n],
             skipped=skipped)
         judged_from = positions[0] + (0 if self._complete else CONTEXT)
-        return sorted({int(pos) - self._offset
-                       for a in anomalies if a.kind in LOCAL_KINDS
-                       for pos in (a.step, a.peak_step) if pos >= judged_from})
+        rows = {int(pos) - self._offset
+                for a in anomalies if a.kind in LOCAL_KINDS
+                for pos in (a.step, a.peak_step) if pos >= judged_from}
+        flat = self._flat_row(positions)
+        if flat is not None:
+            rows.add(flat)
+        return sorted(rows)
+
+    def _flat_row(self, positions):
+        """The row where the loss stopped moving, once per flat stretch."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            loss = self._loss[:len(positions)]
+            y = np.where(np.isfinite(loss) & (loss > 0), np.log10(np.abs(loss)), np.nan)
+        found = stalls.flat_onset(y)
+        if found is None:
+            return None
+        k, level = found
+        onset = int(positions[k])
+        if self._flat_end is not None and onset <= self._flat_end and \
+                abs(level - self._flat_level) <= stalls.STALL_SPREAD:
+            self._flat_end = int(positions[-1])
+            return None  # the same stretch, still flat
+        self._flat_end, self._flat_level = int(positions[-1]), level
+        return onset - self._offset

@@ -47,13 +47,35 @@ def test_every_run_recorded(trained):
           + f"; total {sum(times.values()):.1f}")
 
 
-@pytest.mark.parametrize("name", sorted(corpus.BROKEN))
+# Broken runs the detector cannot see yet, with why (strict: a fix shows).
+KNOWN_MISSES = {
+    "regression_dead_relu": "stalls at var(y) after the blow-up, its level also "
+                            "reached before it: only the targets' variance tells it "
+                            "is the constant prediction (target statistics, issue 16)",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[n]))
+    if n in KNOWN_MISSES else n for n in sorted(corpus.BROKEN)])
 def test_broken_run_detected(trained, name):
     report, _, _ = trained
     expect = corpus.RUNS[name].expect
     found = _kinds(report[name])
     assert any(kind == expect for kind, _ in found), \
         f"{name}: expected a {expect!r} anomaly, detected {found}"
+
+
+def test_detection_recall(trained):
+    """Recall over the broken runs, and false alarms over the controls."""
+    report, _, _ = trained
+    hits = [n for n in corpus.BROKEN
+            if any(a["kind"] == corpus.RUNS[n].expect for a in report[n]["anomalies"])]
+    alarms = [n for n in corpus.HEALTHY if report[n]["anomalies"]]
+    print(f"\nrecall {len(hits)}/{len(corpus.BROKEN)}, false alarms "
+          f"{len(alarms)}/{len(corpus.HEALTHY)}")
+    assert sorted(set(corpus.BROKEN) - set(hits)) == sorted(KNOWN_MISSES)
+    assert alarms == []
 
 
 @pytest.mark.parametrize("name", sorted(corpus.HEALTHY))

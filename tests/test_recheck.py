@@ -7,10 +7,9 @@ around every onset and peak it reports are written.
 """
 
 import logging
-
-import keras
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 

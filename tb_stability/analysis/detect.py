@@ -277,6 +277,12 @@ def _segments(steps, loss, y, starts, stop, end, b):
         seg_end = end if k == len(starts) - 1 else hi
         seg = y[lo:hi]
         peak = lo + int(np.nanargmax(seg)) if np.any(np.isfinite(seg)) else lo
+        if seg_end is None and np.isfinite(y[peak]):
+            # A divergence's peak: the top of its first rise, the first step
+            # within RECOVERED of the worst (a loss that then wanders near
+            # its worst would put the worst anywhere).
+            with np.errstate(invalid="ignore"):
+                peak = lo + int(np.flatnonzero(seg >= y[peak] - RECOVERED)[0])
         found.append(Anomaly(
             kind="spike" if seg_end is not None else "divergence",
             step=int(steps[lo]), peak_step=int(steps[peak]),

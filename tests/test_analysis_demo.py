@@ -81,6 +81,30 @@ def test_evidence_has_the_numbers(demo_report):
     assert seed001["layer"] == layer_of(seed001["variable"])
 
 
+def test_seed003_is_one_divergence_with_its_layer_and_lead(demo_report):
+    """One blow-up, one anomaly, and its evidence read at the first rise."""
+    (a,) = _run(demo_report, "seed003-bad")["anomalies"]
+    top = a["causes"][0]
+    assert (a["kind"], top["cause"]) == ("divergence", causes.ADAM_EPSILON)
+    assert top["layer"] and top["lead_steps"] is not None and 1 <= top["lead_steps"] <= 64
+    assert a["step"] < a["peak_step"]
+
+
+def test_every_demo_anomaly_has_detail_at_its_onset(demo_logs, demo_report):
+    """Per-step, per-variable rows within [onset - 32, onset + 8] of every
+    anomaly the analysis reports (the recorder re-runs the analysis on the
+    host and keeps them)."""
+    runs = analysis.load_logdir(str(demo_logs[0]))
+    missing = []
+    for entry in demo_report["runs"]:
+        data = runs[entry["run"]]
+        for a in entry["anomalies"]:
+            steps, _ = data.detail_between(a["step"] - 32, a["step"] + 8)
+            if len(steps) == 0:
+                missing.append((entry["run"], a["kind"], a["step"]))
+    assert missing == []
+
+
 def test_reader_matches_tensorboards_reader(demo_logs):
     """Our pure-Python event reader gives what TensorBoard's does."""
     from conftest import global_table, read_run

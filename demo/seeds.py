@@ -21,14 +21,18 @@ def _first_nonfinite(losses):
     return int(bad[0]) if len(bad) else None
 
 
-def seed000(logdir, fixed, batch=256, steps=1000, seed=0):
-    """Summed softmax cross-entropy + SGD(0.01): NaN past a batch size.
+def seed000(logdir, fixed, batch=256, steps=1000, lr=0.015, seed=0):
+    """Summed softmax cross-entropy + SGD: NaN past a batch size.
 
     Broken: the beginners' tutorial loss `-reduce_sum(y * log(softmax))`,
     summed over the batch, so the gradient (and SGD's step) grows with the
-    batch; at 256 the first steps overshoot, the softmax saturates and
-    log(0) gives NaN within a few steps. Fixed: mean reduction and the
-    logits-based loss, with the learning rate scaled to the mean (0.5).
+    batch; past the edge the first steps overshoot, the softmax saturates
+    and log(0) gives NaN within a few steps. On this data the edge is at
+    about batch 256 with the tutorial's lr 0.01 (some sample orders still
+    train there); the demo takes lr 0.015 (batch 256 at lr 0.015 is the step
+    of batch 384 at 0.01), which is NaN by step 3 on every order tried
+    (seeds 0-9). Fixed: mean reduction and the logits-based loss, with the
+    learning rate scaled to the mean (0.5).
     """
     import keras
     import tensorflow as tf
@@ -42,7 +46,7 @@ def seed000(logdir, fixed, batch=256, steps=1000, seed=0):
         keras.Input((784,)),
         keras.layers.Dense(10, kernel_initializer="zeros", name="softmax"),
     ], name="seed000")
-    opt = keras.optimizers.SGD(0.5 if fixed else 0.01)
+    opt = keras.optimizers.SGD(0.5 if fixed else lr)
     variables = model.trainable_variables
     rng = np.random.default_rng(seed)
     losses = []
@@ -74,7 +78,7 @@ def seed000(logdir, fixed, batch=256, steps=1000, seed=0):
             "accuracy": accuracy, "batch": batch}
 
 
-def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2, seed=0):
+def seed001(logdir, fixed, lr=1e-3, epochs=10, batch=32, model_seed=2, seed=0):
     """A 3-layer Keras MLP on raw 0..255 pixels: stuck at ln 10, or NaN.
 
     Broken: pixels in 0..255 make the first layer's pre-activations and
@@ -100,7 +104,7 @@ def seed001(logdir, fixed, lr=1e-3, epochs=10, model_seed=2, seed=0):
     model.compile(optimizer=keras.optimizers.SGD(lr),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(
-        x, y, batch_size=32, epochs=epochs, verbose=0,
+        x, y, batch_size=batch, epochs=epochs, verbose=0,
         callbacks=[tb_stability.keras.StabilityCallback(logdir),
                    keras.callbacks.TerminateOnNaN()])
     return {"epoch_loss": history.history["loss"],
@@ -152,7 +156,7 @@ def seed002(logdir, fixed, batch=1024, steps=10000, seed=0):
     return {"losses": losses.tolist(), "nan_step": _first_nonfinite(losses)}
 
 
-def seed003(logdir, fixed, batch=256, steps=8000, seed=0):
+def seed003(logdir, fixed, batch=256, steps=8000, lr=1e-3, seed=0):
     """Adam trains well for thousands of steps, then blows up.
 
     Broken: a realisable multi-output regression (a linear teacher) with
@@ -183,7 +187,7 @@ def seed003(logdir, fixed, batch=256, steps=8000, seed=0):
         keras.layers.Dense(4, name="dense_2"),
     ], name="seed003")
     model.compile(optimizer=keras.optimizers.Adam(
-        1e-3, epsilon=1e-2 if fixed else 1e-7), loss="mse")
+        lr, epsilon=1e-2 if fixed else 1e-7), loss="mse")
     cb = tb_stability.keras.StabilityCallback(logdir)
     model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
     return {"nan_step": None}

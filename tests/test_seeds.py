@@ -7,13 +7,14 @@ its top cause.
 
 Run here (a few seconds per seed): the demo's outlier-batch, seed000-bad and
 seed001-bad-nan, and the tests/scenarios.py runs nonfinite_input, log_zero,
-and nonfinite_gradient (about 2.5 minutes in all). Left out as too expensive for
-this file (their seed-0 runs are in test_analysis_demo.py / test_causes.py;
-their multi-seed table is in the notes): seed001-bad (~35 s a seed),
-seed002-bad and seed003-bad (10,000 and 8,000 steps, minutes a seed), the
-fixed runs, and unknown, learning_rate, bad_init, dead_units,
-vanishing_gradient, exploding_gradient and the healthy controls (6-20 s a
-seed each).
+nonfinite_gradient and bad_init. Left out as too expensive for this file
+(their seed-0 runs are in test_analysis_demo.py / test_causes.py; their
+multi-seed table is in the notes): seed001-bad (~35 s a seed), seed002-bad
+and seed003-bad (10,000 and 8,000 steps, 30-50 s a seed), the fixed runs,
+and unknown, learning_rate, dead_units, vanishing_gradient and the healthy
+controls (6-20 s a seed each). exploding_gradient is left out because it
+does not hold: it rests on one chaotic trajectory (an RNN basin-boundary
+cliff) and gives no anomaly, or another, on seeds 0-4.
 
 A pair known not to hold is marked xfail(strict=True) with what it gives,
 so it stays visible and turns into a failure once it is fixed.
@@ -40,10 +41,9 @@ SCENARIOS = {
     "nonfinite_input": ("nonfinite", causes.NONFINITE_INPUT),
     "log_zero": ("nonfinite", causes.LOG_ZERO),
     "nonfinite_gradient": ("nonfinite", causes.NONFINITE_GRADIENT),
+    "bad_init": ("plateau", causes.BAD_INIT),
 }
-KNOWN = {  # (name, seed): what it gives instead
-    ("seed000-bad", 4): "a spike at step 105 (top cause summed_loss), no NaN in 1000 steps",
-}
+KNOWN = {}  # (name, seed): what it gives instead
 
 
 def _cases(table):

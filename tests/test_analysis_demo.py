@@ -68,7 +68,7 @@ def test_fixed_runs_report_nothing(demo_report):
 
 def test_evidence_has_the_numbers(demo_report):
     seed000 = _run(demo_report, "seed000-bad")["anomalies"][0]
-    assert seed000["step"] == 6
+    assert seed000["step"] == 2
     assert any("589.5" in e for e in seed000["causes"][0]["evidence"])
     seed002 = _run(demo_report, "seed002-bad")["anomalies"]
     assert len(seed002) >= 3

@@ -97,3 +97,23 @@ def test_anomalies_have_detail_near_onset(trained, name):
     assert not missing, (
         f"{name}: no per-variable detail row within [onset-{BEFORE}, "
         f"onset+{AFTER}] of {missing}")
+
+
+def _causes(entry):
+    return {c["cause"] for a in entry["anomalies"] for c in a["causes"]}
+
+
+def test_mechanism_checks_before_a_cause(trained):
+    """A cause is named only where its mechanism can have acted.
+
+    A first loss near B·ln C under a loss that then sits at ln C itself is
+    a mean (unscaled inputs started it there), not a summed loss; a loss
+    that grew geometrically past 1e8 into overflow is the step size, not a
+    log of zero (a log-loss stays below about 104 per term).
+    """
+    report, _, _ = trained
+    unscaled = report["unscaled_inputs_lnc"]
+    assert unscaled["anomalies"][0]["causes"][0]["cause"] == "unnormalized_inputs"
+    assert "summed_loss" not in _causes(unscaled)
+    assert report["summed_loss_sgd"]["anomalies"][0]["causes"][0]["cause"] == "summed_loss"
+    assert "log_zero" not in _causes(report["divergence_sgd_mse"])

@@ -9,7 +9,10 @@ this rule never blames it.
 Evidence: the first loss is B·ln C (`evidence.summed_first_loss`: B the
 recorded batch size, C the last kernel's width) under an optimizer that
 is not Adam-family; supporting: a median update/weight ratio over the
-first steps far above the usual 1e-3.
+first steps far above the usual 1e-3. Counter-evidence: the loss sits at
+ln C itself (per sample) on `MEAN_AT_CHANCE` of the rows: it is a mean,
+and a first loss near B·ln C was a coincidence (large logits from unscaled
+inputs can start there).
 
 Thresholds: the first loss within 10% of B·ln C
 (`evidence.SUMMED_TOLERANCE`); `LARGE_UPDATE_RATIO` over the first
@@ -28,12 +31,28 @@ from tb_stability.analysis.evidence import fmt, summed_first_loss
 
 # Confidence when the first loss is B·ln C under a scale-variant optimizer.
 CONFIDENCE = 0.85
+# Counter-evidence: the loss within CHANCE_TOL of ln C on this fraction of
+# the rows is a mean whose first value happened to be near B·ln C.
+CHANCE_TOL = 0.02
+MEAN_AT_CHANCE = 0.1
 # The first rows whose median update/weight ratio ‖Δw‖/‖w‖ is checked.
 UPDATE_ROWS = 5
 # That median above this (a ratio; usual: about 1e-3) is an overshoot ...
 LARGE_UPDATE_RATIO = 1e-2
 # ... which adds this to the confidence.
 LARGE_UPDATE_BONUS = 0.05
+
+
+def _sits_at_ln_c(ctx: Context) -> bool:
+    """Whether the loss sits at ln C (per sample) on MEAN_AT_CHANCE of rows.
+
+    A summed loss stuck at the prior sits at B·ln C instead.
+    """
+    level = math.log(ctx.classes)
+    loss = ctx.loss[np.isfinite(ctx.loss)]
+    if not len(loss):
+        return False
+    return float(np.mean(np.abs(loss - level) < CHANCE_TOL * level)) >= MEAN_AT_CHANCE
 
 
 def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
@@ -43,6 +62,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         return None  # Adam is scale invariant: a summed loss is not a cause
     if not summed_first_loss(ctx):
         return None
+    if _sits_at_ln_c(ctx):
+        return None  # the loss is a mean after all: B·ln C at step 0 was chance
     batch, loss0 = run.col("batch_size")[0], ctx.loss[0]
     expected = batch * math.log(ctx.classes)
     evidence = [

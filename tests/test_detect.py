@@ -88,7 +88,10 @@ def test_plateau_at_ln_c():
     (a,) = detect_anomalies(np.arange(n), loss, classes=10)
     assert (a.kind, a.step, a.end_step) == ("plateau", 10, None)
     assert a.severity > 0.9
-    assert detect_anomalies(np.arange(n), loss, classes=2) == []  # ln 2 != ln 10
+    assert a.pattern == "chance"
+    # ln 2 != ln 10: not at chance, but stuck above it (worse than the prior).
+    (b,) = detect_anomalies(np.arange(n), loss, classes=2)
+    assert (b.kind, b.pattern, b.step) == ("plateau", "stall", 10)
 
 
 def test_downsampled_input_keeps_its_steps():

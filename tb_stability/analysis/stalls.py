@@ -11,8 +11,9 @@ which the noise of small-batch SGD does not move much.
   `STALL_SPREAD` decades (or `SPREAD_NOISE` times the noise of a block
   median, for a noisy loss). That alone is also what convergence looks like,
   so the level must be one a stuck model sits at: ln C (or B·ln C for a
-  loss summed over a batch of B), the loss before the first update (the
-  run never learned), a level well above the best the run had reached
+  loss summed over a batch of B), within `NEVER_LEARNED` of the loss
+  before the first update or of ln C (the run never learned), a level
+  well above the best the run had reached
   (progress lost, typically after a blow-up), or a level not far below the
   start after a blow-up or with gradients that collapsed. A stretch at
   chance that ends because the problem gets solved is not an anomaly.
@@ -109,6 +110,8 @@ def _stuck(level, row, y, med, j, size, *, start, chance_levels, grad_norm,
             return "chance"
     if level >= start - NEVER_LEARNED:
         return "stall"
+    if chance_levels and level >= math.log10(chance_levels[0]) - NEVER_LEARNED:
+        return "stall"  # a classifier barely below chance: it learned nothing much
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         best = np.nanmin(med[:j]) if j > 0 else np.nan

@@ -19,7 +19,9 @@ Evidence, from the first per-step detail row:
   when only one feature is unscaled).
 
 An anomaly long after the start (past `LATE_STEP` and `LATE_FRACTION` of
-the run) is less likely this cause: the inputs were always so.
+the run) is less likely this cause: the inputs were always so. Not a
+plateau: a stall is the lasting damage of the first overshoot, however
+late the loss stopped creeping (the units it killed stay dead).
 """
 
 import math
@@ -124,6 +126,6 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         evidence.append(feature)
     if not confidence:
         return None
-    if a.step > max(LATE_STEP, LATE_FRACTION * ctx.run.steps[-1]):
+    if a.kind != "plateau" and a.step > max(LATE_STEP, LATE_FRACTION * ctx.run.steps[-1]):
         confidence *= LATE_FACTOR  # the inputs were always so; this anomaly is late
     return make_cause(C.UNNORMALIZED_INPUTS, confidence, evidence, variable=variable)

@@ -70,12 +70,14 @@ BAD_INFOS = {
 
 def _global_table(n=600, spike=300, seed=0):
     """One global event's table [n, 1 + G]: rows n-1 .. 0 steps before the
-    event's step, a flat loss with a 1000x one-step spike at row `spike`.
+    event's step, a loss that learned (from 10x over the first 100 rows)
+    then flat, with a 1000x one-step spike at row `spike`.
     """
     rng = np.random.default_rng(seed)
     table = np.ones([n, 1 + len(metadata.GLOBAL_COLUMNS)], np.float32)
     table[:, 0] = np.arange(n) - (n - 1)
     loss = 0.3 * np.exp(rng.normal(0, 0.05, n))
+    loss[:100] *= np.logspace(1, 0, 100)
     loss[spike] *= 1e3
     table[:, G["loss"]] = loss
     table[:, G["grad_norm"]] = np.abs(rng.normal(1, 0.1, n))

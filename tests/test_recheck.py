@@ -77,11 +77,11 @@ def test_detail_rows_at_the_onset_the_analysis_reports(tmp_path):
         BEFORE + AFTER + 1)
 
 
-def _simulate(loss, flush_every):
+def _simulate(loss, flush_every, classes=None):
     """What the recorder does on the host with rows of `loss`, flushed every
     `flush_every` rows: the detail rows it writes (as row counts)."""
     capacity = 2 * (256 + 1) + 64
-    check = recheck.Recheck(capacity, 256)
+    check = recheck.Recheck(capacity, 256, classes=classes)
     selector = DetailSelector(CONFIG)
     written = []
     G = len(tb_stability.metadata.GLOBAL_COLUMNS)
@@ -129,7 +129,7 @@ def test_a_stall_mid_run_keeps_its_onset():
     (a,) = detect_lib.detect_anomalies(t, loss, classes=10)
     assert (a.kind, a.pattern) == ("plateau", "chance") and 1150 <= a.step <= 1220, a
     for every in (1, 10, 256):
-        written = set(_simulate(loss, every))
+        written = set(_simulate(loss, every, classes=10))
         assert any(a.step - BEFORE <= r <= a.step + AFTER for r in written), every
         assert len(written) <= CONFIG.first_steps + 3 * (BEFORE + AFTER + 1), every
 
@@ -148,6 +148,19 @@ def test_slow_rise_onset_found_late_still_has_its_rows():
         for s in (a.step, a.peak_step):
             assert set(_around(s, 0, n - 1)) <= written, (every, s)
         assert len(written) <= CONFIG.first_steps + 41 * (1 + n // 256 + 1)
+
+
+def test_a_run_descending_to_new_lows_keeps_no_flat_spans():
+    """Flat stretches of a run still reaching new lows, far below its start,
+    are no plateau's onset: only the first steps are kept."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    t = np.arange(n)
+    loss = 3.0 * np.exp(-t / 200.0) + 0.1 * np.exp(-t / 3000.0)
+    loss *= np.exp(0.3 * rng.normal(size=n))
+    assert detect_lib.detect_anomalies(t, loss) == []
+    for every in (10, 256):
+        assert _simulate(loss, every) == list(range(CONFIG.first_steps)), every
 
 
 def test_a_failing_analysis_leaves_the_recording(tmp_path, monkeypatch, caplog):

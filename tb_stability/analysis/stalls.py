@@ -87,7 +87,7 @@ def block_medians(y, stop):
     return med, size, noise if math.isfinite(noise) else 0.0
 
 
-def _start(y, stop):
+def start_level(y, stop):
     """The loss before training moved it (log10).
 
     The lower of the first finite value and the median of the first block.
@@ -207,7 +207,7 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
     while j < k - min_blocks and not abs(med[j] - level) <= spread_limit / 2:
         j += 1
     row = j * size
-    start = _start(y, stop)
+    start = start_level(y, stop)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         peak_before = np.nanmax(y[:row]) if row > 0 else np.nan
@@ -251,7 +251,7 @@ def frozen(steps, loss, y, stop, grad_norm=None):
     if stop < 10:
         return []
     min_len = min(FROZEN_MIN_STEPS, stop)
-    start = _start(y, stop)
+    start = start_level(y, stop)
     zero = np.zeros(stop, bool)
     if grad_norm is not None:
         g = np.asarray(grad_norm, np.float64)[:stop]

@@ -29,6 +29,8 @@ new level: a converged run keeps them too, one span of detail rows for
 each level it settles at.
 """
 
+import math
+
 import numpy as np
 
 from tb_stability import metadata
@@ -62,9 +64,11 @@ class Recheck:
       capacity: rows the rings hold.
       window: rows per written window (the analysis runs at least every
         `min(window, EVERY)` rows).
+      classes: the output width when it is a classifier's (ln C is a level
+        a stuck run sits at), or None.
     """
 
-    def __init__(self, capacity, window):
+    def __init__(self, capacity, window, classes=None):
         self.capacity = int(capacity)
         self.every = max(1, min(int(window), EVERY))
         self.hold = min(int(window), HOLD)
@@ -81,6 +85,10 @@ class Recheck:
         self._analysed = 0  # rows added when the analysis last ran
         self._flat_end = None  # position where the last flat stretch kept was seen
         self._flat_level = None  # its level (log10)
+        self._chance = (math.log10(math.log(classes))
+                        if classes and classes >= 2 else None)
+        self._start = None  # the run's loss before training moved it (log10)
+        self._best = math.inf  # the lowest block median seen (log10)
 
     @property
     def end(self):
@@ -169,11 +177,21 @@ class Recheck:
         return sorted(rows)
 
     def _flat_row(self, positions):
-        """The row where the loss stopped moving, once per flat stretch."""
+        """The row where the loss stopped moving, once per flat stretch.
+
+        Only at a level a stuck run can sit at (`_may_stall`): a flat
+        stretch of a run still descending to new lows is not kept.
+        """
         with np.errstate(divide="ignore", invalid="ignore"):
             loss = self._loss[:len(positions)]
             y = np.where(np.isfinite(loss) & (loss > 0), np.log10(np.abs(loss)), np.nan)
+        if self._start is None and self._complete and len(y) >= stalls.BLOCK:
+            self._start = stalls.start_level(y, len(y))
         found = stalls.flat_onset(y)
+        best_before = self._best
+        med, _, _ = stalls.block_medians(y, len(y))
+        if np.any(np.isfinite(med)):
+            self._best = min(self._best, float(np.nanmin(med)))
         if found is None:
             return None
         k, level = found
@@ -182,5 +200,21 @@ class Recheck:
                 abs(level - self._flat_level) <= stalls.STALL_SPREAD:
             self._flat_end = int(positions[-1])
             return None  # the same stretch, still flat
+        if not self._may_stall(level, best_before):
+            return None
         self._flat_end, self._flat_level = int(positions[-1]), level
         return onset - self._offset
+
+    def _may_stall(self, level, best_before):
+        """Whether a flat stretch at `level` (log10) can be a plateau.
+
+        Near ln C, within `stalls.BARELY_LEARNED` of the run's start, or
+        `stalls.LOST` above the best level seen before; any level when the
+        start is unknown (a resumed run).
+        """
+        if self._start is None:
+            return True
+        if self._chance is not None and level >= self._chance - stalls.NEVER_LEARNED:
+            return True
+        return bool(level >= self._start - stalls.BARELY_LEARNED
+                    or level >= best_before + stalls.LOST)

@@ -120,7 +120,8 @@ class Recorder:
         # are written and not all of them are anyway.
         self._recheck = None
         if logdir is not None and not config.full_detail:
-            self._recheck = recheck.Recheck(self.capacity, config.window)
+            self._recheck = recheck.Recheck(self.capacity, config.window,
+                                            classes=_output_width(self.variables))
         self._seen = 0  # rows processed by flush
         self._last_write = time.monotonic()
         self._info_written = False
@@ -428,6 +429,15 @@ class Recorder:
         """Writes everything left and closes the event file."""
         self.flush(final=True)
         self._out.close()
+
+
+def _output_width(variables):
+    """The last kernel's width (a classifier's C), as the analysis reads it."""
+    kernels = [v for v in variables if len(v.shape) >= 2]
+    if not kernels:
+        return None
+    width = kernels[-1].shape[-1]
+    return int(width) if width else None
 
 
 def _variable_index(variables):

@@ -174,3 +174,21 @@ def test_a_first_rise_that_runs_into_a_divergence_is_its_onset(seed):
     found = detect_anomalies(np.arange(n), loss)
     assert [a.kind for a in found] == ["divergence"], found
     assert rise_at - 2 <= found[0].step <= rise_at + 10
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_step_spike_then_its_damage_are_two_anomalies(seed):
+    """A bad batch late in an Adam run: one step 1e7x up, back the next
+    step, then the loss climbs 3-50x for hundreds of steps (the moments
+    hold the batch's gradient). The spike ends the step after its peak; the
+    damage is an anomaly of its own."""
+    rng = np.random.default_rng(seed)
+    n, at = 5000, int(rng.integers(1000, 4000))
+    loss = _noisy(n, level=0.02, sigma=0.3, seed=seed)
+    loss[at] = 1e5
+    rise = np.minimum(np.arange(n - at - 1) / 20.0, 1.0) * np.exp(-np.arange(n - at - 1) / 400.0)
+    loss[at + 1:] *= 10.0 ** (1.5 * rise)
+    loss[at + 1:at + 3] = [0.02 * 1.5, 0.02 * 3.2]  # back, then already rising
+    found = detect_anomalies(np.arange(n), loss)
+    assert (found[0].kind, found[0].peak_step, found[0].end_step) == ("spike", at, at + 1)
+    assert len(found) >= 2 and found[1].step > at

@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import scenarios
 import tensorflow as tf
 
 import tb_stability
@@ -40,29 +41,9 @@ class CorpusRun:
 # ---------------------------------------------------------------- loops
 
 
-def _loop(logdir, model, opt, loss_fn, batches, steps):
-    """A custom training loop recorded by `Monitor`; the per-step losses.
-
-    Stops early once 20 steps in a row had a non-finite loss.
-    """
-    variables = model.trainable_variables
-    with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
-        @tf.function
-        def step_fn(step, xb, yb):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(model(xb, training=True), yb)
-            grads = tape.gradient(loss, variables)
-            opt.apply_gradients(zip(grads, variables))
-            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0])
-            return loss
-
-        losses = []
-        for step in range(steps):
-            xb, yb = batches(step)
-            losses.append(float(step_fn(tf.constant(step, tf.int64), xb, yb)))
-            if len(losses) > 20 and not any(map(math.isfinite, losses[-20:])):
-                break
-    return losses
+# The custom training loop recorded by `Monitor` (stops after 20 non-finite
+# steps in a row): the scenarios' own.
+_loop = scenarios._loop
 
 
 # ---------------------------------------------------------------- data

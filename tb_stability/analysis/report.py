@@ -31,11 +31,16 @@ def skipped_steps(run):
     Finite loss, non-finite gradients, and the next step at a lower loss
     scale. None when the run recorded no loss scale.
     """
-    scale = run.col("loss_scale")
+    return skipped_rows(run.col("loss"), run.col("loss_scale"))
+
+
+def skipped_rows(loss, scale):
+    """`skipped_steps` on the loss and loss-scale columns themselves."""
     if not np.any(np.isfinite(scale)):
         return None
     nxt = np.concatenate([scale[1:], [np.nan]])
-    return np.isfinite(run.col("loss")) & np.isfinite(scale) & (nxt < scale)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(loss) & np.isfinite(scale) & (nxt < scale)
 
 
 def analyze_run(run):

@@ -35,6 +35,7 @@ import numpy as np
 
 from tb_stability import metadata
 from tb_stability.analysis import detect as detect_lib
+from tb_stability.analysis import report as report_lib
 from tb_stability.analysis import stalls
 
 _LOSS = metadata.GLOBAL["loss"]
@@ -157,13 +158,7 @@ class Recheck:
         if n <= 0:
             return []
         positions = np.arange(self._first, self._first + n) + self._offset
-        scale = self._scale[:n]
-        skipped = None
-        if np.any(np.isfinite(scale)):
-            # As the analysis's report computes it (`report.skipped_steps`).
-            nxt = np.concatenate([scale[1:], [np.nan]])
-            with np.errstate(invalid="ignore"):
-                skipped = np.isfinite(self._loss[:n]) & np.isfinite(scale) & (nxt < scale)
+        skipped = report_lib.skipped_rows(self._loss[:n], self._scale[:n])
         anomalies = detect_lib.detect_anomalies(
             positions, self._loss[:n], nonfinite=self._nonfinite[:n],
             skipped=skipped)

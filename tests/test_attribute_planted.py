@@ -64,13 +64,31 @@ def test_summed_loss_never_blamed_under_adam():
 
 def test_learning_rate_needs_evidence():
     run = _run()
-    run.glob[700:, GLOBAL["loss"]] *= np.exp(0.1 * np.arange(300)).clip(max=1e6)
+    run.glob[700:, GLOBAL["loss"]] *= 1e3  # one jump to a level it keeps: no step-size sign
     (a,) = analyze_run(run)
     assert a["kind"] == "divergence"
     assert all(c["cause"] != causes.LEARNING_RATE for c in a["causes"])
     run.glob[690:, GLOBAL["learning_rate"]] = 1.0  # a jump just before
     (a,) = analyze_run(run)
     assert a["causes"][0]["cause"] == causes.LEARNING_RATE
+
+
+def test_geometric_rise_is_the_step_size_only_without_adam():
+    """Under SGD at a constant lr a loss growing by a constant factor per
+    step is past the stability limit (lr·λ > 2); under Adam it is not this
+    cause's evidence (a decayed second moment grows that way too)."""
+    rise = np.exp(0.1 * np.arange(300)).clip(max=1e6)
+    sgd = _run()
+    sgd.glob[700:, GLOBAL["loss"]] *= rise
+    (a,) = analyze_run(sgd)
+    assert a["kind"] == "divergence"
+    top = a["causes"][0]
+    assert top["cause"] == causes.LEARNING_RATE and top["confidence"] < 0.6
+    assert "x1.1" in " ".join(top["evidence"])  # e^0.1 per step
+    adam = _run(optimizer={"name": "Adam", "adam": True, "epsilon": 1e-7})
+    adam.glob[700:, GLOBAL["loss"]] *= rise
+    (a,) = analyze_run(adam)
+    assert all(c["cause"] != causes.LEARNING_RATE for c in a["causes"])
 
 
 def test_missing_series_degrade_to_unknown():

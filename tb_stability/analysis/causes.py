@@ -29,11 +29,13 @@ DEAD_UNITS = "dead_units"
 BAD_INIT = "bad_init"
 LEARNING_RATE = "learning_rate"
 BAD_BATCH = "bad_batch"
+OUTPUT_MISMATCH = "output_mismatch"
 UNKNOWN = "unknown"
 
 # The marker shapes the tab can draw (`shapePath` in static/model.js).
 SHAPES = ("circle", "ring", "square", "diamond", "triangle-up", "triangle-down",
-          "triangle-left", "triangle-right", "pentagon", "hexagon", "star", "plus", "x")
+          "triangle-left", "triangle-right", "pentagon", "hexagon", "star", "plus", "x",
+          "bowtie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +136,15 @@ CAUSES: Tuple[CauseDef, ...] = (
         fix="Inspect or filter that batch; skip steps whose gradient norm "
         "is an outlier (skip-step / z-clipping).",
         color="#17a2b8", shape="circle", label="Bad batch"),
+    CauseDef(
+        OUTPUT_MISMATCH,
+        title="The output layer cannot produce the targets, or the loss does "
+        "not fit the output",
+        fix="Match the output to the loss and the targets: softmax over 2 or "
+        "more units (or a sigmoid) for classes, a linear output for regression, "
+        "from_logits=True on logits; scale the targets into the activation's "
+        "range.",
+        color="#6b8e23", shape="bowtie", label="Output/loss mismatch"),
     CauseDef(
         UNKNOWN,
         title="No known mechanism fits the evidence",

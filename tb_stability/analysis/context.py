@@ -13,7 +13,7 @@ import numpy as np
 from tb_stability.analysis import causes as C
 from tb_stability.analysis.evidence import nanmedian
 from tb_stability.events.series import RunData
-from tb_stability.metadata import STAT, layer_of
+from tb_stability.metadata import GLOBAL, STAT, layer_of
 
 # The first rows whose median finite loss is the run's starting loss.
 INITIAL_LOSS_ROWS = 50
@@ -83,6 +83,9 @@ class Context:
         else the first kernel), or None.
       input_bias: the bias right after it (same width), or None.
       initial_loss: the median finite loss of the first rows, or NaN.
+      model: run_info's description of the model ({} when not recorded):
+        "output" (layer, activation, units), "loss" (class, name,
+        reduction, from_logits), "dtypes" (variable, compute).
     """
 
     def __init__(self, run: RunData):
@@ -105,10 +108,29 @@ class Context:
             b = self.variables[self.input_index + 1]["shape"]
             if len(b) == 1 and b[0] == k[-1]:
                 self.input_bias = self.input_index + 1
+        self.model = run.info.get("model") or {}
         n = INITIAL_LOSS_ROWS
         first = np.isfinite(self.loss)
         self.initial_loss = nanmedian(self.loss[:min(len(self.loss), n)][first[:n]]) \
             if first[:n].any() else float("nan")
+
+    def column(self, name: str) -> np.ndarray:
+        """A global column; all NaN (not measured) where the format lacks it."""
+        if name in GLOBAL:
+            return self.run.col(name)
+        return np.full(len(self.loss), np.nan)
+
+    def data_nonfinite(self, lo: int, hi: int) -> Optional[float]:
+        """Non-finite entries in the inputs and targets over rows [lo, hi].
+
+        None when neither was measured there (not recorded, or an older
+        format); else the largest count of one row.
+        """
+        counts = np.stack([self.column("input_nonfinite")[lo:hi + 1],
+                           self.column("target_nonfinite")[lo:hi + 1]])
+        if not np.isfinite(counts).any():
+            return None
+        return float(np.nanmax(counts))
 
     def idx(self, step: int) -> int:
         """The row of `step` (`RunData.index_of`)."""

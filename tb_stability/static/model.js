@@ -88,6 +88,8 @@ export function shapePath(shape, size = 12) {
       return `M${c - k},${c - k + d}L${c - k + d},${c - k}L${c},${c - d}L${c + k - d},${c - k}L${c + k},${c - k + d}` +
         `L${c + d},${c}L${c + k},${c + k - d}L${c + k - d},${c + k}L${c},${c + d}L${c - k + d},${c + k}L${c - k},${c + k - d}L${c - d},${c}Z`;
     }
+    case 'bowtie': return `M${c - r},${c - r * 0.8}L${c},${c}L${c - r},${c + r * 0.8}Z` +
+      `M${c + r},${c - r * 0.8}L${c},${c}L${c + r},${c + r * 0.8}Z`;
     case 'ring': return `M${c - r},${c}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0Z` +
       `M${c - r * 0.5},${c}a${r * 0.5},${r * 0.5} 0 1,1 ${r},0a${r * 0.5},${r * 0.5} 0 1,1 ${-r},0Z`;
     case 'circle':

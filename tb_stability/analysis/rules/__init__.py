@@ -33,6 +33,7 @@ from tb_stability.analysis.rules import (
     learning_rate,
     log_zero,
     nonfinite,
+    output_mismatch,
     summed_loss,
     unnormalized_inputs,
     vanishing_gradient,
@@ -41,6 +42,7 @@ from tb_stability.analysis.rules import (
 Rule = Callable[[Context, Anomaly], Optional[Cause]]
 
 RULES: Tuple[Tuple[str, Rule], ...] = (
+    (C.OUTPUT_MISMATCH, output_mismatch.check),
     (C.SUMMED_LOSS, summed_loss.check),
     (C.LOG_ZERO, log_zero.check),
     (C.NONFINITE_GRADIENT, nonfinite.check_gradient),

@@ -24,6 +24,14 @@ than one step; a one-step excursion is the batch's): a score starting at
 
 Blamed when the score reaches `MIN_SCORE`; the confidence is the score,
 at most `MAX_CONFIDENCE`.
+
+Half precision: with float16 variables (so float16 moments) an ε below
+float16's smallest normal number (`FLOAT16_TINY`, 6.1e-5) cannot keep the
+step bounded: (1-β2)·g² underflows to 0 for |g| below about 8e-3, √v̂ is
+0, and lr·m̂/(√v̂+ε) overflows (ε=1e-8 even rounds to 0: 0/0). A
+non-finite anomaly or a divergence under such an optimizer is this cause
+(`HALF_PRECISION_CONFIDENCE`), whatever the loss did before; the dtype
+comes from run_info ("model"."dtypes"."variable", or the optimizer's).
 """
 
 from typing import List, Optional, Tuple
@@ -35,6 +43,10 @@ from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import LEAD_WINDOW, fmt, last_finite, rms_precursor_level
 from tb_stability.metadata import STAT
+
+# Half precision: float16's smallest normal number, and the confidence.
+FLOAT16_TINY = 6.1e-5
+HALF_PRECISION_CONFIDENCE = 0.85
 
 # The score every candidate starts from.
 BASE_SCORE = 0.2
@@ -65,6 +77,21 @@ EFF_STEP_BONUS = 0.15
 # The score needed to blame the cause, and the most confidence it gets.
 MIN_SCORE = 0.45
 MAX_CONFIDENCE = 0.95
+
+
+def _half_precision(ctx: Context) -> Optional[str]:
+    """The sentence when Adam's ε is below float16's resolution under float16 variables."""
+    dtypes = (ctx.model or {}).get("dtypes") or {}
+    dtype = dtypes.get("variable") or ctx.run.optimizer.get("dtype")
+    eps = ctx.run.optimizer.get("epsilon")
+    if dtype not in ("float16", "half") or not isinstance(eps, (int, float)):
+        return None
+    if eps >= FLOAT16_TINY:
+        return None
+    return (f"The variables (and so Adam's moments) are float16, and Adam's "
+            f"epsilon {fmt(eps)} is below float16's smallest normal number "
+            f"({fmt(FLOAT16_TINY)}): v̂ underflows to 0 for small gradients and "
+            f"the step lr·m̂/(√v̂+ε) overflows.")
 
 
 def _geometric_rise(ctx: Context, i0: int, ip: int) -> Optional[str]:
@@ -137,7 +164,13 @@ def _effective_step_rise(ctx: Context, a: Anomaly, i0: int) -> Optional[str]:
 
 def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     """The adam_epsilon cause of anomaly `a`, or None (see the module doc)."""
-    if a.kind not in ("spike", "divergence") or not ctx.run.is_adam:
+    if not ctx.run.is_adam:
+        return None
+    if a.kind in ("nonfinite", "divergence"):
+        half = _half_precision(ctx)
+        if half is not None:
+            return make_cause(C.ADAM_EPSILON, HALF_PRECISION_CONFIDENCE, [half])
+    if a.kind not in ("spike", "divergence"):
         return None
     if a.end_step is not None and a.end_step - a.step <= 1:
         # Up for one step, back the next: the weights before and after were

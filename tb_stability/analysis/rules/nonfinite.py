@@ -20,6 +20,18 @@ x; the recorded non-finite gradient rows of that kernel name the input
 features), or no gradient is non-finite but some weights or Adam moments
 are (the first such variable is named).
 
+Direct evidence first: where the recorder measured the data (the step's
+input and target batches: `input_nonfinite`, `target_nonfinite`, and the
+per-feature non-finite counts of the inputs), non-finite data within
+`DATA_ROWS` rows before the onset is `nonfinite_input`
+(`DATA_CONFIDENCE`, naming the features), for any nonfinite anomaly,
+also one whose loss is non-finite; the backward pass is then not where
+the NaN was born (`nonfinite_gradient` drops to `GRADIENT_FROM_DATA_CONFIDENCE`).
+Mechanism check: where the data was measured and finite, the indirect
+signs above are not the inputs': only the input kernel's gradient
+non-finite is then `nonfinite_gradient` (born in the first layer's
+backward pass), and silent weights without data NaN is not named here.
+
 Thresholds: counts above 0; at most `MAX_FEATURES_SHOWN` features named.
 """
 
@@ -31,7 +43,7 @@ from tb_stability.analysis import causes as C
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import fmt
-from tb_stability.metadata import STAT
+from tb_stability.metadata import INPUT_COLUMNS, STAT
 
 # nonfinite_gradient's confidence: some gradient non-finite, and when only
 # the input kernel's is (the inputs are the likelier source).
@@ -43,6 +55,11 @@ INPUT_GRADIENT_CONFIDENCE = 0.8
 SILENT_WEIGHTS_CONFIDENCE = 0.7
 # Input features listed in the evidence at most.
 MAX_FEATURES_SHOWN = 8
+# Direct evidence: non-finite inputs or targets within this many rows
+# before the onset; the confidences with it.
+DATA_ROWS = 2
+DATA_CONFIDENCE = 0.9
+GRADIENT_FROM_DATA_CONFIDENCE = 0.25
 
 
 def _nonfinite_detail(ctx: Context, a: Anomaly) -> Tuple[Optional[int], Optional[np.ndarray]]:
@@ -70,6 +87,7 @@ def check_gradient(ctx: Context, a: Anomaly) -> Optional[Cause]:
     i, detail, bad, only_input = _bad_grads(ctx, a)
     if not bad:
         return None
+    data = ctx.data_nonfinite(max(0, i - DATA_ROWS), i)
     variable = ctx.name(bad[-1])  # nearest the loss in backprop order
     evidence = [
         f"The loss was finite ({fmt(ctx.loss[i])}) at step {a.step} but "
@@ -77,6 +95,12 @@ def check_gradient(ctx: Context, a: Anomaly) -> Optional[Cause]:
         f"order is {variable} ({int(detail[bad[-1], STAT['grad_nonfinite']])} "
         f"non-finite entries)."]
     confidence = GRADIENT_ONLY_INPUT_CONFIDENCE if only_input else GRADIENT_CONFIDENCE
+    if data == 0:
+        confidence = GRADIENT_CONFIDENCE
+        evidence.append("The step's inputs and targets were finite: the NaN/Inf "
+                        "was born in the backward pass.")
+    elif data is not None:
+        confidence = GRADIENT_FROM_DATA_CONFIDENCE
     return make_cause(C.NONFINITE_GRADIENT, confidence, evidence, variable=variable)
 
 
@@ -92,11 +116,57 @@ def _input_features(ctx: Context, step: int, variable: str) -> List[str]:
     return []
 
 
+def _data_features(ctx: Context, lo: int, hi: int) -> List[int]:
+    """Input features with non-finite entries in rows [lo, hi] (per-feature statistics)."""
+    run = ctx.run
+    steps, stats = getattr(run, "inputs_steps", None), getattr(run, "inputs", None)
+    if steps is None or stats is None or not len(steps) or stats.ndim != 3:
+        return []
+    if "nonfinite" not in INPUT_COLUMNS:
+        return []
+    first, last = int(run.steps[lo]), int(run.steps[hi])
+    k = (steps >= first) & (steps <= last)
+    if not k.any():
+        return []
+    counts = np.nansum(stats[k, :, INPUT_COLUMNS.index("nonfinite")], axis=0)
+    return [int(f) for f in np.flatnonzero(counts > 0)]
+
+
+def _from_data(ctx: Context, a: Anomaly) -> Optional[Cause]:
+    """nonfinite_input from the data statistics, or None."""
+    i = ctx.idx(a.step)
+    lo = max(0, i - DATA_ROWS)
+    if not ctx.data_nonfinite(lo, i):
+        return None
+    inputs = ctx.column("input_nonfinite")[lo:i + 1]
+    targets = ctx.column("target_nonfinite")[lo:i + 1]
+    where = []
+    if np.nansum(inputs) > 0:
+        where.append(f"{int(np.nanmax(inputs))} non-finite input value(s)")
+    if np.nansum(targets) > 0:
+        where.append(f"{int(np.nanmax(targets))} non-finite target value(s)")
+    j = lo + int(np.argmax(np.nan_to_num(inputs) + np.nan_to_num(targets) > 0))
+    evidence = [f"The batch of step {int(ctx.run.steps[j])} held "
+                f"{' and '.join(where)}; the first non-finite value of the run "
+                f"came with it (step {a.step})."]
+    features = _data_features(ctx, lo, i)
+    variable = ctx.name(ctx.input_index) if ctx.input_index is not None else None
+    if features:
+        shown = ", ".join(str(f) for f in features[:MAX_FEATURES_SHOWN])
+        evidence.append(f"Non-finite input feature(s) {shown} in that batch.")
+    return make_cause(C.NONFINITE_INPUT, DATA_CONFIDENCE, evidence, variable=variable)
+
+
 def check_input(ctx: Context, a: Anomaly) -> Optional[Cause]:
     """The nonfinite_input cause of anomaly `a`, or None (see the module doc)."""
-    i, detail, bad, only_input = _bad_grads(ctx, a)
-    if detail is None:
+    if a.kind != "nonfinite":
         return None
+    direct = _from_data(ctx, a)
+    if direct is not None:
+        return direct
+    i, detail, bad, only_input = _bad_grads(ctx, a)
+    if detail is None or ctx.data_nonfinite(max(0, i - DATA_ROWS), i) == 0:
+        return None  # the data was measured and finite
     if only_input:
         variable = ctx.name(ctx.input_index)
         evidence = [f"Silent NaN: the loss stayed finite ({fmt(ctx.loss[i])}) at "

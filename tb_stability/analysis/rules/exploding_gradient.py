@@ -10,23 +10,46 @@ one tensor's gradient norm more than `evidence.ALONE_JUMP` (100) times
 its recent level while the median tensor of the other layers moved less
 than `evidence.OTHERS_MAX_JUMP` (3) times. That variable is named; the
 lead is the jump's distance to the peak.
+
+A stall after a burst (a `plateau`, not frozen): in the recorded windows
+up to the stall's onset, one kernel's window-max gradient norm was over
+`BURST_RATIO` times the median of the other kernels' (and not the input
+kernel's, whose burst is the inputs' scale: `unnormalized_inputs`), and
+on the stall its window-mean gradient is below `COLLAPSE_RATIO` times that
+burst: the layer saturated. That kernel is named (`BURST_CONFIDENCE`,
+above `dead_units`: the burst is what killed the units).
 """
 
 from typing import Optional
 
+import numpy as np
+
+from tb_stability import metadata
 from tb_stability.analysis import causes as C
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import fmt, single_layer_jump
+from tb_stability.metadata import STAT
 
 # Confidence when the jump came before the peak, and at the peak itself
 # (no lead: it may as well be the consequence).
 LEADING_CONFIDENCE = 0.6
 NO_LEAD_CONFIDENCE = 0.5
+# A stall after one kernel's burst: its window max over the other kernels'
+# median (x), its window mean on the stall below this fraction of the
+# burst, and the confidence.
+BURST_RATIO = 1e3
+COLLAPSE_RATIO = 1e-2
+BURST_CONFIDENCE = 0.7
+
+_MAX = metadata.WINDOW_AGGREGATES.index("max")
+_MEAN = metadata.WINDOW_AGGREGATES.index("mean")
 
 
 def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     """The exploding_gradient cause of anomaly `a`, or None (see the module doc)."""
+    if a.kind == "plateau":
+        return None if a.pattern == "frozen" else _burst_then_collapse(ctx, a)
     jump = single_layer_jump(ctx, a.peak_step, a.peak_step)
     if jump is None:
         return None
@@ -39,3 +62,34 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         f"step {step}, {lead} steps before the peak, while the other layers' "
         f"median tensor moved {fmt(med)}x."],
         variable=variable, lead=lead)
+
+
+def _burst_then_collapse(ctx: Context, a: Anomaly) -> Optional[Cause]:
+    """exploding_gradient for a stall that followed one kernel's burst, or None."""
+    run = ctx.run
+    kernels = [k for k in ctx.kernels if k != ctx.input_index]
+    if len(run.window_steps) == 0 or len(ctx.kernels) < 3 or not kernels:
+        return None
+    w = min(int(np.searchsorted(run.window_steps, a.step)), len(run.window_steps) - 1)
+    peak = np.nanmax(run.window[:w + 1][:, ctx.kernels, STAT["grad_norm"], _MAX], axis=0)
+    best, ratio = None, 0.0
+    for j, k in enumerate(ctx.kernels):
+        if k not in kernels:
+            continue
+        others = np.delete(peak, j)
+        med = float(np.nanmedian(others)) if np.isfinite(others).any() else np.nan
+        if np.isfinite(peak[j]) and med > 0 and peak[j] / med > ratio:
+            best, ratio = j, float(peak[j] / med)
+    if best is None or ratio < BURST_RATIO:
+        return None
+    k = ctx.kernels[best]
+    after = run.window[w:, k, STAT["grad_norm"], _MEAN]
+    after = float(np.nanmedian(after)) if np.isfinite(after).any() else np.nan
+    if not (np.isfinite(after) and after < COLLAPSE_RATIO * peak[best]):
+        return None
+    variable = ctx.name(k)
+    return make_cause(C.EXPLODING_GRADIENT, BURST_CONFIDENCE, [
+        f"The gradient norm of {variable} burst to {fmt(peak[best])}, "
+        f"{fmt(ratio)}x the other layers' median, before the stall at step "
+        f"{a.step}; on the stall it is {fmt(after)}: the layer saturated and "
+        f"the loss stopped improving."], variable=variable)

@@ -23,6 +23,10 @@ def _run(n=1000, optimizer=None, seed=0):
     glob[:, GLOBAL["update_ratio"]] = 1e-3
     glob[:, GLOBAL["learning_rate"]] = 0.01
     glob[:, GLOBAL["batch_size"]] = 32
+    for name in ("input_nonfinite", "target_nonfinite", "target_min", "target_max",
+                 "target_mean", "pred_min", "pred_max", "pred_mean"):
+        if name in GLOBAL:  # the data's statistics: not measured
+            glob[:, GLOBAL[name]] = np.nan
     detail = np.abs(rng.normal(1, 0.05, (n, V, len(metadata.STAT_COLUMNS))))
     detail[:, :, STAT["grad_nonfinite"]] = 0
     names = [f"m/d{i // 2}/{'kernel' if i % 2 == 0 else 'bias'}" for i in range(V)]

@@ -120,6 +120,15 @@ class Context:
             return self.run.col(name)
         return np.full(len(self.loss), np.nan)
 
+    def pred_spread(self) -> np.ndarray:
+        """[n] spread of the predictions over each step's batch, relative.
+
+        (pred_max - pred_min) / max(1, |pred_mean|); NaN where not measured.
+        """
+        with np.errstate(invalid="ignore"):
+            return (self.column("pred_max") - self.column("pred_min")) / np.maximum(
+                1.0, np.abs(self.column("pred_mean")))
+
     def data_nonfinite(self, lo: int, hi: int) -> Optional[float]:
         """Non-finite entries in the inputs and targets over rows [lo, hi].
 

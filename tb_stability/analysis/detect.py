@@ -365,7 +365,8 @@ def _rows_of(steps, anomalies, n, tail=0):
 
 
 def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
-                     skipped=None, grad_norm=None, batch_size=None) -> List[Anomaly]:
+                     skipped=None, grad_norm=None, batch_size=None,
+                     pred_spread=None) -> List[Anomaly]:
     """All anomalies of one loss curve, sorted by onset step.
 
     Arguments:
@@ -382,6 +383,9 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
         training; a collapse supports a stall.
       batch_size: optional [n] batch size (B·ln C is chance for a summed
         loss).
+      pred_spread: optional [n] spread of the predictions over each step's
+        batch, relative to their size (`stalls.constant_output`): a model
+        giving every input the same output is stuck at any level.
     """
     steps = np.asarray(steps, np.int64)
     loss = np.asarray(loss, np.float64)
@@ -413,7 +417,7 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
     frozen = stalls.frozen(steps, loss, y, stop, grad_norm)
     found += frozen
     for a in stalls.stall(steps, y, stop, classes=classes, batch_size=batch_size,
-                          grad_norm=grad_norm):
+                          grad_norm=grad_norm, pred_spread=pred_spread):
         # One failure, one anomaly: not inside a divergence (unless the loss
         # came back down from its peak, to stay stuck), nor inside a frozen
         # stretch.

@@ -49,7 +49,8 @@ def analyze_run(run):
     anomalies = detect_lib.detect_anomalies(
         run.steps, run.col("loss"), nonfinite=run.col("nonfinite"),
         classes=ctx.classes, skipped=skipped_steps(run),
-        grad_norm=run.col("grad_norm"), batch_size=run.col("batch_size"))
+        grad_norm=run.col("grad_norm"), batch_size=run.col("batch_size"),
+        pred_spread=ctx.pred_spread())
     out, earlier = [], []
     for a in anomalies:
         causes = attribute_lib.rank_causes(run, a, ctx)

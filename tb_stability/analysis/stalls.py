@@ -15,8 +15,13 @@ which the noise of small-batch SGD does not move much.
   before the first update or of ln C (the run never learned), a level
   well above the best the run had reached
   (progress lost, typically after a blow-up), or a level not far below the
-  start after a blow-up or with gradients that collapsed. A stretch at
-  chance that ends because the problem gets solved is not an anomaly.
+  start after a blow-up or with gradients that collapsed, or any level
+  where the model gives every input the same output (the spread of its
+  predictions over the batch below `CONSTANT_OUTPUT_RTOL` of their size on
+  `CONSTANT_OUTPUT_SHARE` of the stretch: it ignores its input, e.g. a
+  regression whose hidden units all died, stuck at the error of a constant
+  prediction). A stretch at chance that ends because the problem gets
+  solved is not an anomaly.
 * **Frozen** training (`plateau`, pattern "frozen"): every gradient exactly
   zero, or the loss constant to `FROZEN_RTOL`, for `FROZEN_MIN_STEPS`
   steps; a constant loss only where the run never learned (a converged
@@ -51,6 +56,8 @@ LOST = 0.3  # decades above the best block before: progress lost
 BARELY_LEARNED = 0.5  # decades below the first loss, with a blow-up or a collapse
 BLOW_UP = 1.0  # decades above the first loss: a blow-up before the stall
 GRAD_COLLAPSE = 1e-2  # the stall's median gradient norm / the early maximum
+CONSTANT_OUTPUT_RTOL = 1e-6  # prediction spread over the batch / its size
+CONSTANT_OUTPUT_SHARE = 0.9  # of the stretch's measured rows
 FROZEN_MIN_STEPS = 50
 FROZEN_RTOL = 1e-6
 WINDOW = 16  # blocks an instability is judged over
@@ -98,8 +105,23 @@ def start_level(y, stop):
     return min(float(y[ok[0]]), _nanmedian(y[:min(BLOCK, stop)]))
 
 
+def constant_output(pred_spread, lo, hi):
+    """Whether the predictions were the same for every input over rows [lo, hi).
+
+    `pred_spread`: [n] of (max - min) / max(1, |mean|) of the predictions
+    over each step's batch, NaN where not measured; True when at least
+    `CONSTANT_OUTPUT_SHARE` of the measured rows (and at least one) are
+    below `CONSTANT_OUTPUT_RTOL`.
+    """
+    if pred_spread is None:
+        return False
+    x = np.asarray(pred_spread, np.float64)[lo:hi]
+    x = x[np.isfinite(x)]
+    return bool(len(x) and np.mean(x <= CONSTANT_OUTPUT_RTOL) >= CONSTANT_OUTPUT_SHARE)
+
+
 def _stuck(level, row, y, med, j, size, *, start, chance_levels, grad_norm,
-           blown_up):
+           blown_up, pred_spread=None):
     """(pattern, why) when a flat stretch at `level` from block `j` is stuck.
 
     None when the level is one a converging run reaches (see the module doc).
@@ -116,6 +138,8 @@ def _stuck(level, row, y, med, j, size, *, start, chance_levels, grad_norm,
         warnings.simplefilter("ignore", RuntimeWarning)
         best = np.nanmin(med[:j]) if j > 0 else np.nan
     if np.isfinite(best) and level - best >= LOST:
+        return "stall"
+    if constant_output(pred_spread, row, len(y)):
         return "stall"
     if level >= start - BARELY_LEARNED:
         if blown_up:
@@ -187,7 +211,8 @@ def flat_onset(y):
     return j * size, _nanmedian(med[j:])
 
 
-def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
+def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
+          pred_spread=None):
     """The stall that runs to row `stop` (exclusive), as a list of 0 or 1."""
     if stop < max(STALL_MIN_STEPS, 2 * BLOCK):
         return []
@@ -220,7 +245,8 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None):
                 chance_levels.append(b * math.log(classes))
     pattern = _stuck(level, row, y, med, j, size, start=start,
                      chance_levels=chance_levels, grad_norm=grad_norm,
-                     blown_up=bool(np.isfinite(peak_before) and peak_before - start >= BLOW_UP))
+                     blown_up=bool(np.isfinite(peak_before) and peak_before - start >= BLOW_UP),
+                     pred_spread=pred_spread)
     if pattern is None:
         return []
     # The onset: the first row near the level, from the block before on.

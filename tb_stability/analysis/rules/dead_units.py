@@ -8,7 +8,12 @@ Evidence: a `plateau` anomaly at chance (pattern "chance": pinned at
 ln C). Supporting: the global gradient norm collapsed (its median on the
 plateau below `GRAD_COLLAPSE` times its maximum before), or a kernel whose
 window-mean gradient norm is exactly zero in the plateau's window (its
-units are dead; that kernel is named). A stall at another level (pattern
+units are dead; that kernel is named), or, where the predictions were
+measured, the same prediction for every input over the plateau
+(`stalls.constant_output`) near the targets' mean (within
+`MEAN_TOLERANCE` of the targets' range): the output layer learned the
+mean while the units feeding it are dead (`CONSTANT_OUTPUT_CONFIDENCE`;
+a constant prediction beyond the targets is `output_mismatch`). A stall at another level (pattern
 "stall") is this cause only with one of the supporting signals; frozen
 training (every gradient zero, or a constant loss) is not judged here: a
 mismatched output or loss does that too.
@@ -21,6 +26,7 @@ import numpy as np
 
 from tb_stability import metadata
 from tb_stability.analysis import causes as C
+from tb_stability.analysis import stalls
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import fmt, nanmedian
@@ -34,6 +40,10 @@ GRAD_COLLAPSE = 1e-2
 # Confidence with a collapsed gradient, or a kernel whose gradient is zero.
 COLLAPSED_CONFIDENCE = 0.65
 ZERO_GRADIENT_CONFIDENCE = 0.65
+# A constant prediction within this fraction of the targets' range of
+# their mean, and its confidence.
+MEAN_TOLERANCE = 0.25
+CONSTANT_OUTPUT_CONFIDENCE = 0.65
 
 _MEAN = metadata.WINDOW_AGGREGATES.index("mean")
 
@@ -72,6 +82,29 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
             evidence.append(f"The gradient of {variable} is exactly zero: its "
                             f"units are dead.")
             confidence = ZERO_GRADIENT_CONFIDENCE
+    constant = _constant_at_mean(ctx, i)
+    if constant is not None:
+        evidence.append(constant)
+        confidence = max(confidence, CONSTANT_OUTPUT_CONFIDENCE)
     if confidence == 0.0:
         return None
     return make_cause(C.DEAD_UNITS, confidence, evidence, variable=variable)
+
+
+def _constant_at_mean(ctx: Context, i: int) -> Optional[str]:
+    """The sentence when the prediction is constant at the targets' mean from row i."""
+    if not stalls.constant_output(ctx.pred_spread(), i, len(ctx.loss)):
+        return None
+    pred = nanmedian(ctx.column("pred_mean")[i:])
+    mean = nanmedian(ctx.column("target_mean")[i:])
+    lo, hi = ctx.column("target_min")[i:], ctx.column("target_max")[i:]
+    if not (np.isfinite(lo).any() and np.isfinite(hi).any()):
+        return None
+    width = float(np.nanmax(hi) - np.nanmin(lo))
+    if not (np.isfinite(pred) and np.isfinite(mean) and width > 0):
+        return None
+    if abs(pred - mean) > MEAN_TOLERANCE * width:
+        return None
+    return (f"Every input gets the same prediction ({fmt(pred)}), the targets' "
+            f"mean ({fmt(mean)}): only the output's bias still learns; the units "
+            f"feeding it are dead.")

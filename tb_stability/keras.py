@@ -27,9 +27,12 @@ class StabilityCallback(keras.callbacks.Callback):
 
     Per step it records the loss, the global gradient norm, the learning
     rate, the batch size and Adam's RMS(g^2/v_hat); per variable the gradient
-    and weight norms, non-finite counts, the update ratio and Adam's moments.
-    Steps continue across `fit` calls. Works with `jit_compile=True`,
-    `steps_per_execution > 1`, `LossScaleOptimizer` and `MirroredStrategy`.
+    and weight norms, non-finite counts, the update ratio and Adam's moments;
+    from the data `compute_loss` sees, the non-finite inputs and targets, the
+    range of the targets and predictions and per-feature input statistics;
+    once, the model's output layer, loss and dtypes. Steps continue across
+    `fit` calls. Works with `jit_compile=True`, `steps_per_execution > 1`,
+    `LossScaleOptimizer` and `MirroredStrategy`.
     Errors inside it are logged once; training always goes on.
 
     Args:

@@ -20,8 +20,8 @@ TAG_GLOBAL = "tb_stability/global"  # [rows, 1 + len(GLOBAL_COLUMNS)] float32
 TAG_LAYERS_WINDOW = "tb_stability/layers_window"  # [vars, stats, aggs] float32
 TAG_LAYERS_DETAIL = "tb_stability/layers_detail"  # [vars, stats] float32
 TAG_INPUT_GRAD_ROWS = "tb_stability/input_grad_rows"  # [features] float32
-TAG_INPUTS_WINDOW = "tb_stability/inputs_window"  # [features, 4] float32
-TAG_INPUTS_DETAIL = "tb_stability/inputs_detail"  # [features, 4] float32
+TAG_INPUTS_WINDOW = "tb_stability/inputs_window"  # [features, 5] float32
+TAG_INPUTS_DETAIL = "tb_stability/inputs_detail"  # [features, 5] float32
 
 # The series kind stored in each tag's plugin content.
 SERIES_BY_TAG = {
@@ -48,7 +48,19 @@ GLOBAL_COLUMNS = (
     "loss_scale",  # dynamic loss scale; NaN without LossScaleOptimizer
     "flags",  # bit mask of the online detector, see FLAG_*
     "eff_step_max",  # max over variables of the effective Adam step
+    # The step's data and the model's output on it (NaN: not measured).
+    "input_nonfinite",  # NaN/Inf entries in the input batch (all inputs)
+    "target_nonfinite",  # NaN/Inf entries in the targets
+    "target_min",  # min, max, mean over the targets' finite entries
+    "target_max",
+    "target_mean",
+    "pred_min",  # min, max, mean over the predictions' finite entries
+    "pred_max",
+    "pred_mean",
 )
+
+# The global columns measured on the step's data and predictions, in order.
+DATA_COLUMNS = GLOBAL_COLUMNS[GLOBAL_COLUMNS.index("input_nonfinite"):]
 
 # Columns of the per-variable stats.
 STAT_COLUMNS = (
@@ -72,8 +84,12 @@ STAT = {name: i for i, name in enumerate(STAT_COLUMNS)}
 # Aggregations along the last axis of TAG_LAYERS_WINDOW.
 WINDOW_AGGREGATES = ("max", "mean")
 
-# Columns along the last axis of the input statistics.
-INPUT_COLUMNS = ("mean", "std", "min", "max")
+# Columns along the last axis of the input statistics (per input feature;
+# mean, std, min and max over its finite entries, nonfinite counts the
+# others).
+INPUT_COLUMNS = ("mean", "std", "min", "max", "nonfinite")
+# What runs written before `input_columns` was in run_info wrote.
+INPUT_COLUMNS_V0 = ("mean", "std", "min", "max")
 
 # Bits of the "flags" global column: why the online detector kept detail.
 FLAG_LOSS_JUMP = 1

@@ -1,10 +1,12 @@
 """Custom training loops: `Monitor`.
 
     monitor = tb_stability.Monitor("logs/run1", optimizer=opt,
-                                   variables=model.trainable_variables)
+                                   variables=model.trainable_variables,
+                                   model=model)          # optional
     for step, (x, y) in enumerate(data):
-        loss, grads = train_step(x, y)      # applies the gradients
-        monitor.record(step, loss, grads)
+        loss, grads, pred = train_step(x, y)  # applies the gradients
+        monitor.record(step, loss, grads, inputs=x, targets=y,
+                       predictions=pred)      # the data: optional
 
 `record` may also be called inside the `tf.function` that applies the
 gradients (after `apply_gradients`), including under `jit_compile=True`; see
@@ -16,6 +18,8 @@ import logging
 import tensorflow as tf
 
 from tb_stability.config import RecorderConfig
+from tb_stability.record import model_info as model_description
+from tb_stability.record.global_stats import feature_tensor, feature_width
 from tb_stability.record.recorder import Recorder
 from tb_stability.record.runtime import (
     in_xla_context,
@@ -39,7 +43,11 @@ class Monitor:
         gradients.
       input_features: number of input features, needed only when `record`
         gets `inputs=` under a distribution strategy (elsewhere it is read
-        from the first batch).
+        from the first batch, or from `model`'s first input).
+      model: optional Keras model being trained: its output layer
+        (activation, units) and dtype policy go into run_info's "model"
+        record (the loss of a custom loop is unknown: "loss" is null).
+        Without it, only the variables' dtype is recorded there.
       config: a `tb_stability.config.RecorderConfig` (default: its
         defaults).
       **options: `RecorderConfig` fields overriding `config`'s, as for
@@ -50,12 +58,16 @@ class Monitor:
     """
 
     def __init__(self, logdir, optimizer, variables, *, input_features=None,
-                 config=None, **options):
+                 model=None, config=None, **options):
         self.logdir = str(logdir)
         self.optimizer = optimizer
         self.variables = list(variables)
         self.config = (config or RecorderConfig()).replace(**options)
         self._input_features = input_features
+        self._model_info = (None if model is None
+                            else model_description.model_info(model, loss=False))
+        if input_features is None and model is not None and tf.distribute.has_strategy():
+            self._input_features = model_description.input_features(model)
         self._recorder = None
         self._pending = 0
         self._disabled = False
@@ -74,13 +86,13 @@ class Monitor:
     def _make_recorder(self, inputs):
         features = self._input_features
         if features is None and inputs is not None:
-            shape = inputs.shape
-            features = 1 if len(shape) == 0 else int(shape[-1])
+            features = feature_width(feature_tensor(inputs))
         self._recorder = Recorder(
             self.logdir, self.optimizer, self.variables, self.config,
-            input_features=features)
+            input_features=features, model_info=self._model_info)
 
-    def record(self, step, loss, gradients, *, batch_size=None, inputs=None):
+    def record(self, step, loss, gradients, *, batch_size=None, inputs=None,
+               targets=None, predictions=None):
         """Records one step; call it after the gradients were applied.
 
         Args:
@@ -89,8 +101,15 @@ class Monitor:
           gradients: one gradient per variable given to the constructor, in
             that order (None for a variable without gradient).
           batch_size: optional batch size of the step.
-          inputs: optional input batch; per-feature mean, std, min and max
-            (features on the last axis) are recorded.
+          inputs: optional input batch (a tensor or a nest of them): the
+            count of its NaN/Inf entries every step (`input_nonfinite`), and
+            per feature (the last axis of its first float tensor) mean, std,
+            min and max of the finite entries and the non-finite count.
+          targets: optional targets of the step (any float or integer
+            tensor; the first of a nest): their non-finite count and the
+            min, max and mean of their finite entries, every step.
+          predictions: optional model outputs of the step (the first of a
+            nest): min, max and mean of their finite entries, every step.
 
         In eager mode the summaries are written from here, once per window.
         Inside a `tf.function` the write is triggered from the graph once per
@@ -107,7 +126,8 @@ class Monitor:
         if self._disabled:
             return
         try:
-            self._record(step, loss, gradients, batch_size, inputs)
+            self._record(step, loss, gradients, batch_size, inputs, targets,
+                         predictions)
         except Exception as e:  # pylint: disable=broad-except
             self._disabled = True
             logger.warning(
@@ -116,7 +136,8 @@ class Monitor:
                 exc_info=True,
             )
 
-    def _record(self, step, loss, gradients, batch_size, inputs):
+    def _record(self, step, loss, gradients, batch_size, inputs, targets,
+                predictions):
         gradients = list(gradients)
         if len(gradients) != len(self.variables):
             raise ValueError(
@@ -134,11 +155,12 @@ class Monitor:
             warn_once(
                 "late-inputs",
                 "tb_stability: inputs= given after the first record() without "
-                "input_features=; input statistics are not recorded.",
+                "input_features=; per-feature input statistics are not "
+                "recorded.",
             )
-            inputs = None
         count = rec.push(loss, gradients, batch_size=batch_size,
-                         inputs=inputs, step=step)
+                         inputs=inputs, targets=targets,
+                         predictions=predictions, step=step)
         self._write_when_due(rec, count, replicas)
 
     def _write_when_due(self, rec, count, replicas):

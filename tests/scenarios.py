@@ -26,14 +26,17 @@ def _classification(n=4096, seed=0):
 
 def _loop(logdir, model, opt, loss_fn, batches, steps, **record_kw):
     variables = model.trainable_variables
-    with tb_stability.Monitor(logdir, optimizer=opt, variables=variables) as monitor:
+    with tb_stability.Monitor(logdir, optimizer=opt, variables=variables,
+                              model=model) as monitor:
         @tf.function
         def step_fn(step, xb, yb):
             with tf.GradientTape() as tape:
-                loss = loss_fn(model(xb, training=True), yb)
+                pred = model(xb, training=True)
+                loss = loss_fn(pred, yb)
             grads = tape.gradient(loss, variables)
             opt.apply_gradients(zip(grads, variables))
-            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0])
+            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0],
+                           inputs=xb, targets=yb, predictions=pred)
             return loss
 
         losses = []

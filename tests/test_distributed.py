@@ -28,3 +28,8 @@ def test_mirrored_strategy_records_global_norms_once(mode, tmp_path):
     np.testing.assert_allclose(rows[:, G["grad_norm"]], ref["norms"], rtol=1e-4)
     np.testing.assert_allclose(rows[:, G["loss"]], ref["losses"], rtol=1e-4)
     np.testing.assert_allclose(rows[:, G["batch_size"]], 16)
+    # The data columns are over the global batch, not one replica's half.
+    for name in ("target_min", "target_max", "target_mean"):
+        np.testing.assert_allclose(rows[:, G[name]], ref[name], rtol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(rows[:, G["input_nonfinite"]], 0)
+    assert np.all(np.isfinite(rows[:, G["pred_mean"]]))

@@ -49,6 +49,7 @@ def test_tags_data_class_and_steps(logdir):
     assert set(run) == {
         metadata.TAG_RUN_INFO, metadata.TAG_GLOBAL, metadata.TAG_LAYERS_WINDOW,
         metadata.TAG_LAYERS_DETAIL, metadata.TAG_INPUT_GRAD_ROWS,
+        metadata.TAG_INPUTS_WINDOW, metadata.TAG_INPUTS_DETAIL,  # from compute_loss
     }
     for tag, meta in md.items():
         assert meta.data_class == summary_pb2.DATA_CLASS_TENSOR, tag

@@ -118,10 +118,12 @@ def test_monitor_matches_numpy_adam(mode, logdir):
         [r[[0, 2], S["rms_ratio"]].max() for r in ref], rtol=2e-4,
     )
     assert np.all(rows[:, G["nonfinite"]] == 0)
-    # Input statistics per feature: mean, std, min, max of the batch.
+    # Input statistics per feature: mean, std, min, max of the batch, and
+    # its count of non-finite entries.
     inputs = dict(run["tb_stability/inputs_detail"])
     np.testing.assert_allclose(
-        inputs[0], np.stack([x.mean(0), x.std(0), x.min(0), x.max(0)], 1),
+        inputs[0], np.stack([x.mean(0), x.std(0), x.min(0), x.max(0),
+                             np.zeros(x.shape[1])], 1),
         rtol=1e-5, atol=1e-6,
     )
 

@@ -106,6 +106,13 @@ class RunData:
       window: float64 [w, vars, stats, 2] (max, mean) per window.
       detail_steps: int64 [d]; detail: float64 [d, vars, stats].
       input_rows_steps: int64 [r]; input_rows: float64 [r, features].
+      inputs_steps: int64 [k]; inputs: float64 [k, features,
+        len(INPUT_COLUMNS)], the per-feature input statistics: the batch of
+        that step where its detail was kept (`inputs_detail`), else, at a
+        window's last step, the window's aggregate (`inputs_window`).
+      inputs_from_window: bool [k], which rows of `inputs` are window
+        aggregates (mean of means, max of stds, min of mins, max of maxes,
+        sum of non-finite counts over the window's steps).
       info: the last run_info dict ({} if none).
       variables: variable names (rows of the per-variable arrays).
     """
@@ -121,6 +128,12 @@ class RunData:
     input_rows: np.ndarray
     info: Dict
     variables: List[str]
+    inputs_steps: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros([0], np.int64))
+    inputs: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros([0, 0, len(metadata.INPUT_COLUMNS)]))
+    inputs_from_window: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros([0], bool))
 
     def col(self, name: str) -> np.ndarray:
         """One global column over all steps."""
@@ -155,6 +168,28 @@ class RunData:
         return self.info.get("optimizer", {}) if self.info else {}
 
     @property
+    def model(self) -> Dict:
+        """run_info's "model" record ({} if none).
+
+        "output" (layer, class, activation, units), "loss" (class, name,
+        reduction, from_logits; None in a custom loop), "dtypes" (variable,
+        compute); any of them None where unknown.
+        """
+        model = self.info.get("model", {}) if self.info else {}
+        return model if isinstance(model, dict) else {}
+
+    def inputs_at(self, step: int) -> Optional[np.ndarray]:
+        """The [features, INPUT_COLUMNS] input statistics of `step`'s batch.
+
+        None unless that step's detail was kept.
+        """
+        i = int(np.searchsorted(self.inputs_steps, step))
+        if (i < len(self.inputs_steps) and self.inputs_steps[i] == step
+                and not self.inputs_from_window[i]):
+            return self.inputs[i]
+        return None
+
+    @property
     def is_adam(self) -> bool:
         """Whether the run's optimizer keeps Adam's moments."""
         return bool(self.optimizer.get("adam", False))
@@ -181,6 +216,7 @@ class RunData:
         detail_steps, detail = _stacked(tags.get(metadata.TAG_LAYERS_DETAIL, []),
                                         (stat_map,))
         rows_steps, rows = _stacked(tags.get(metadata.TAG_INPUT_GRAD_ROWS, []), ())
+        inputs_steps, inputs, from_window = _input_stats(tags, info)
         if not variables:  # no run_info: name the rows of what was recorded
             n = detail.shape[1] if detail.ndim == 3 and detail.shape[0] else \
                 window.shape[1] if window.ndim == 4 and window.shape[0] else 0
@@ -188,7 +224,37 @@ class RunData:
         return cls(name=name, steps=steps, glob=glob, window_steps=window_steps,
                    window=window, detail_steps=detail_steps, detail=detail,
                    input_rows_steps=rows_steps, input_rows=rows, info=info,
-                   variables=variables)
+                   variables=variables, inputs_steps=inputs_steps, inputs=inputs,
+                   inputs_from_window=from_window)
+
+
+def _input_stats(tags, info):
+    """(steps, [k, features, INPUT_COLUMNS], from_window) of the input stats.
+
+    The detail rows, and the window aggregates at the window steps that
+    have none. Columns are mapped by run_info's `input_columns`; a run
+    written before it was recorded wrote `INPUT_COLUMNS_V0`.
+    """
+    names = info.get("input_columns")
+    if not isinstance(names, list):
+        names = list(metadata.INPUT_COLUMNS_V0)
+    columns = _column_map(names, metadata.INPUT_COLUMNS)
+    d_steps, detail = _stacked(tags.get(metadata.TAG_INPUTS_DETAIL, []), (columns,))
+    w_steps, window = _stacked(tags.get(metadata.TAG_INPUTS_WINDOW, []), (columns,))
+    C = len(metadata.INPUT_COLUMNS)
+    if len(d_steps) and len(w_steps) and detail.shape[1] != window.shape[1]:
+        w_steps, window = w_steps[:0], np.zeros([0, detail.shape[1], C])
+    if not len(d_steps) and not len(w_steps):
+        return np.zeros([0], np.int64), np.zeros([0, 0, C]), np.zeros([0], bool)
+    extra = ~np.isin(w_steps, d_steps)
+    features = detail.shape[1] if len(d_steps) else window.shape[1]
+    steps = np.concatenate([d_steps, w_steps[extra]])
+    values = np.concatenate([detail.reshape(-1, features, C),
+                             window[extra].reshape(-1, features, C)])
+    from_window = np.concatenate([np.zeros(len(d_steps), bool),
+                                  np.ones(int(extra.sum()), bool)])
+    order = np.argsort(steps, kind="stable")
+    return steps[order], values[order], from_window[order]
 
 
 def _last_run_info(events) -> Dict:

@@ -11,7 +11,10 @@ serialisation are untouched):
   statistics into the recorder's ring buffers, in the graph, XLA included;
 * the optimizer's all-reduce of the gradients hands them over under a
   distribution strategy, so the norms recorded are the global ones;
-* the model's loss tracker sees the batch size (`sample_weight`).
+* the model's loss tracker sees the batch size (`sample_weight`);
+* the model's `compute_loss(x, y, y_pred, ...)` sees the step's inputs,
+  targets and predictions (the data columns and per-feature input
+  statistics); `test_step`'s calls are ignored.
 
 Whatever is private in Keras is reached through `keras_internals`.
 """
@@ -23,6 +26,7 @@ import weakref
 import tensorflow as tf
 
 from tb_stability.record import keras_internals
+from tb_stability.record.model_info import input_features, model_info
 from tb_stability.record.recorder import Recorder
 from tb_stability.record.runtime import replica_count, sum_over_replicas, warn_once
 
@@ -61,6 +65,7 @@ class Instrumentation:
         self.optimizer = optimizer
         self.inner, self.lso = keras_internals.unwrap(optimizer)
         self.model = None
+        self.model_info = None  # run_info's "model" record of self.model
         self.recorder = None
         self.settings = None  # (RecorderConfig, steps_per_call)
         self.logdir = None
@@ -71,6 +76,7 @@ class Instrumentation:
         # replicas concurrently, one thread each.
         self._captured = threading.local()
         self._hooked_trackers = set()
+        self._hooked_models = set()
         self._originals = {}
         self.capture_reduced = (
             self.lso is None and not keras_internals.accumulates_gradients(self.inner))
@@ -132,8 +138,17 @@ class Instrumentation:
             model.make_train_function(force=True)
 
     def hook_model(self, model):
-        """Captures the batch size Keras passes to its loss tracker."""
+        """Hooks `model` for the training step's data; describes it.
+
+        Captures the batch size Keras passes to its loss tracker and the
+        x, y, y_pred its `compute_loss` gets; `model_info` for run_info.
+        """
         self.model = model
+        self.model_info = model_info(model)
+        if id(model) not in self._hooked_models and callable(
+                getattr(model, "compute_loss", None)):
+            self._hooked_models.add(id(model))
+            self._patch(model, "compute_loss", self._make_compute_loss_hook(model))
         tracker = keras_internals.loss_tracker(model)
         if tracker is None or id(tracker) in self._hooked_trackers:
             return
@@ -189,6 +204,7 @@ class Instrumentation:
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
         self._captured.loss = None
+        self._captured.x = self._captured.y = self._captured.y_pred = None
         self._captured.batch = None
         self._captured.scale = None
         self._captured.reduced = None
@@ -198,6 +214,14 @@ class Instrumentation:
         """A value captured by this thread's trace of the current step."""
         value = getattr(self._captured, name, None)
         return value if _in_current_graph(value) else None
+
+    def _take_nest(self, name):
+        """A nest captured by this thread's trace of the current step."""
+        value = getattr(self._captured, name, None)
+        if value is None:
+            return None
+        leaves = [t for t in tf.nest.flatten(value) if t is not None]
+        return value if leaves and _in_current_graph(leaves[0]) else None
 
     def _fail(self, error):
         self.disabled = True
@@ -247,7 +271,32 @@ class Instrumentation:
         if not tf.executing_eagerly():
             self.traced = True
         rec.push(loss, ordered, weights_before=before, batch_size=batch,
-                 loss_scale=scale)
+                 loss_scale=scale, inputs=self._take_nest("x"),
+                 targets=self._take_nest("y"),
+                 predictions=self._take_nest("y_pred"))
+
+    def _make_compute_loss_hook(self, model):
+        def compute_loss(*args, **kwargs):
+            if not self.disabled:
+                try:
+                    self._capture_data(args, kwargs)
+                except Exception:  # pylint: disable=broad-except
+                    self._captured.x = self._captured.y = None
+                    self._captured.y_pred = None
+            return self.original(model, "compute_loss")(*args, **kwargs)
+
+        return compute_loss
+
+    def _capture_data(self, args, kwargs):
+        """Keeps x, y and y_pred of a training call of `compute_loss`."""
+        names = ("x", "y", "y_pred", "sample_weight", "training")
+        bound = dict(zip(names, args))
+        bound.update({k: v for k, v in kwargs.items() if k in names})
+        if bound.get("training", True) is False:
+            return  # test_step
+        self._captured.x = bound.get("x")
+        self._captured.y = bound.get("y")
+        self._captured.y_pred = bound.get("y_pred")
 
     def _make_tracker_hook(self, tracker):
         def update_state(values, sample_weight=None, **kwargs):
@@ -286,4 +335,7 @@ def make_recorder(inst, variables):
     config, steps_per_call = inst.settings
     return Recorder(
         inst.logdir, inst.optimizer, variables, config,
-        steps_per_call=steps_per_call, initial_step=initial_step)
+        steps_per_call=steps_per_call, initial_step=initial_step,
+        input_features=input_features(inst.model, inst._take_nest("x")),  # pylint: disable=protected-access
+        model_info=inst.model_info)
+

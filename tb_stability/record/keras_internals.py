@@ -247,3 +247,19 @@ def loss_tracker(model):
     if tracker is None or not hasattr(tracker, "update_state"):
         return None
     return tracker
+
+
+def output_layer(model):
+    """The layer that produces `model.outputs[0]`, or None.
+
+    Functional and Sequential models know it from the output tensor's Keras
+    history (private); subclassed models have no `outputs`.
+    """
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    return getattr(history, "operation", None)

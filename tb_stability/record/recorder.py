@@ -32,14 +32,25 @@ from tb_stability.config import RecorderConfig
 from tb_stability.record import keras_internals, recheck
 from tb_stability.record.detector import Detector
 from tb_stability.record.global_stats import (
+    DATA_SUMMED,
     GLOBAL_FROM_STATS,
     GLOBAL_LIGHT,
+    data_columns,
+    data_partials,
+    feature_tensor,
+    feature_width,
     global_from_stats,
     input_stats,
 )
 from tb_stability.record.resume import rows_before_resume
 from tb_stability.record.rings import Rings, ring_capacity
-from tb_stability.record.runtime import cond, is_chief, logger, warn_once
+from tb_stability.record.runtime import (
+    cond,
+    is_chief,
+    logger,
+    replica_count,
+    warn_once,
+)
 from tb_stability.record.stats import VariableStats
 from tb_stability.record.writer import DetailSelector, RunWriter, Window
 
@@ -72,6 +83,8 @@ class Recorder:
       variables: the recorded variables, in the order of the stats rows.
       names: their paths (names in `run_info`).
       input_features: input features recorded, or None.
+      model_info: the run_info "model" record (output layer, loss, dtypes),
+        or None for the dtypes of the variables alone.
       variable_stats: the `VariableStats` computing the per-variable rows.
       rings: the `Rings` holding the rows not yet written.
       detector: the online `Detector`.
@@ -86,12 +99,13 @@ class Recorder:
         `steps_per_execution`); sizes the rings.
       input_features: number of input features when inputs are recorded.
       initial_step: the step of the first row when steps are not given.
+      model_info: the run_info "model" record, if known (`model_info`).
       **options: `RecorderConfig` fields overriding `config`'s.
     """
 
     def __init__(self, logdir, optimizer, variables, config=None, *,
                  steps_per_call=1, input_features=None, initial_step=0,
-                 **options):
+                 model_info=None, **options):
         config = (config or RecorderConfig()).replace(**options)
         if logdir is not None and not is_chief():
             # Every worker computes the statistics (the all-reduces need all
@@ -104,6 +118,7 @@ class Recorder:
         self.variables = list(variables)
         self.names = [getattr(v, "path", None) or v.name for v in self.variables]
         self.input_features = input_features
+        self.model_info = model_info
         self.variable_stats = VariableStats(
             self.adapter, self.variables,
             sample_size=0 if config.full_detail else None)
@@ -123,6 +138,7 @@ class Recorder:
             self._recheck = recheck.Recheck(self.capacity, config.window,
                                             classes=_output_width(self.variables))
         self._seen = 0  # rows processed by flush
+        self._data_bad = False  # whether the last row processed had bad data
         self._last_write = time.monotonic()
         self._info_written = False
         self._resume_checked = False
@@ -167,7 +183,8 @@ class Recorder:
         return ordered
 
     def push(self, loss, grads, *, weights_before=None, batch_size=None,
-             inputs=None, step=None, loss_scale=None):
+             inputs=None, targets=None, predictions=None, step=None,
+             loss_scale=None):
         """Records one training step (runs in the graph of the step).
 
         Args:
@@ -176,7 +193,14 @@ class Recorder:
             all-reduced when training is distributed.
           weights_before: optional weight values before the update.
           batch_size: optional scalar.
-          inputs: optional input batch (features on the last axis).
+          inputs: optional input batch (features on the last axis; a nest:
+            its first float tensor per feature, non-finite entries counted
+            over all of them).
+          targets: optional targets of the step (the first tensor of a nest).
+          predictions: optional model outputs of the step (the first tensor).
+          Under a distribution strategy the data columns are reduced over
+          the replicas; the per-feature input statistics are the first
+          replica's.
           step: optional explicit step; else the recorder's own counter.
           loss_scale: the loss scale this step's loss was multiplied by;
             defaults to the optimizer's current dynamic scale, if any.
@@ -209,7 +233,8 @@ class Recorder:
             tf.maximum(full_until, count + 1 + self.config.detail_after),
             full_until)
         row = self._global_row(loss, grad_norm, batch_size, loss_scale,
-                               computed.glob, nonfinite, flags)
+                               computed.glob, nonfinite, flags,
+                               _data_row(inputs, targets, predictions))
         if step is None:
             step = self.rings.next_step.read_value()
         else:
@@ -267,8 +292,11 @@ class Recorder:
                           dict(zip(GLOBAL_FROM_STATS, tf.unstack(glob))))
 
     def _global_row(self, loss, grad_norm, batch_size, loss_scale, glob,
-                    nonfinite, flags):
-        """The step's global row, float32 [len(GLOBAL_COLUMNS)]."""
+                    nonfinite, flags, data):
+        """The step's global row, float32 [len(GLOBAL_COLUMNS)].
+
+        `data` is the {column: value} of `DATA_COLUMNS`.
+        """
         nan = tf.constant(float("nan"))
         scale = self.adapter.loss_scale() if loss_scale is None else loss_scale
         values = {
@@ -285,6 +313,7 @@ class Recorder:
             "loss_scale": nan if scale is None else tf.reshape(scale, []),
             "flags": flags,
             "eff_step_max": glob["eff_step_max"],
+            **data,
         }
         return tf.stack([values[name] for name in metadata.GLOBAL_COLUMNS])
 
@@ -292,10 +321,18 @@ class Recorder:
         """The step's input statistics for the inputs ring (None without)."""
         if self.rings.inputs is None:
             return None
-        if inputs is None:
+        x = feature_tensor(inputs)
+        width = feature_width(x)
+        if x is None or width != self.input_features:
+            if x is not None:
+                warn_once(
+                    ("input-width", width, self.input_features),
+                    "tb_stability: the inputs have %s features on their last "
+                    "axis, the recorder was made for %s; per-feature input "
+                    "statistics are not recorded.", width, self.input_features)
             return tf.fill([self.input_features, len(metadata.INPUT_COLUMNS)],
                            float("nan"))
-        return input_stats(inputs)
+        return input_stats(x)
 
     # Host ------------------------------------------------------------------
 
@@ -306,9 +343,17 @@ class Recorder:
           extra: a dict merged into it, if given.
         """
         input_index = self.variable_stats.input_index
+        optimizer = self.adapter.describe()
+        optimizer["variable_dtype"] = _dtype_of(self.variables)
+        model = dict(self.model_info) if self.model_info else {
+            "output": None, "loss": None}
+        dtypes = dict(model.get("dtypes") or {})
+        dtypes.setdefault("variable", optimizer["variable_dtype"])
+        dtypes.setdefault("compute", None)
+        model["dtypes"] = dtypes
         info = {
             "format_version": metadata.CONTENT_VERSION,
-            "optimizer": self.adapter.describe(),
+            "optimizer": optimizer,
             "variables": [
                 {"name": n, "shape": [d if d is not None else -1 for d in v.shape]}
                 for n, v in zip(self.names, self.variables)
@@ -316,9 +361,11 @@ class Recorder:
             "stat_columns": list(metadata.STAT_COLUMNS),
             "global_columns": list(metadata.GLOBAL_COLUMNS),
             "window_aggregates": list(metadata.WINDOW_AGGREGATES),
+            "input_columns": list(metadata.INPUT_COLUMNS),
             **self.config.to_run_info(),
             "input_kernel": None if input_index is None else self.names[input_index],
             "input_features": self.input_features,
+            "model": model,
         }
         if extra:
             info.update(extra)
@@ -383,7 +430,8 @@ class Recorder:
             self._out.write_run_info(self.run_info(extra_info),
                                      step=int(rows.steps[0]))
             self._info_written = True
-        self._detail.note_flags(start, rows.global_rows[:, metadata.GLOBAL["flags"]])
+        marks, self._data_bad = _detail_marks(rows.global_rows, self._data_bad)
+        self._detail.note_flags(start, marks)
         if not self._resume_checked:
             self._resume_checked = True
             self._window.repeat_rows(
@@ -429,6 +477,70 @@ class Recorder:
         """Writes everything left and closes the event file."""
         self.flush(final=True)
         self._out.close()
+
+
+def _data_row(inputs, targets, predictions):
+    """The step's `DATA_COLUMNS` ({name: float32 scalar}), in the graph.
+
+    Counts and sums are added over the replicas under a distribution
+    strategy, minima and maxima gathered (a replica's own values if the
+    strategy cannot gather).
+    """
+    partials = data_partials(inputs, targets, predictions)
+    if replica_count() > 1:
+        partials = _reduce_data_partials(partials)
+    return data_columns(partials)
+
+
+def _reduce_data_partials(partials):
+    """`data_partials` of every replica combined (replica context)."""
+    ctx = tf.distribute.get_replica_context()
+    summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                            partials[:DATA_SUMMED])
+    try:
+        gathered = ctx.all_gather(partials[None, DATA_SUMMED:], axis=0)
+    except Exception:  # pylint: disable=broad-except
+        warn_once("data-gather",
+                  "tb_stability: this strategy cannot gather; target and "
+                  "prediction minima and maxima are one replica's.")
+        extrema = partials[DATA_SUMMED:]
+    else:
+        low = tf.reduce_min(gathered, axis=0)
+        high = tf.reduce_max(gathered, axis=0)
+        # target_min, target_max, pred_min, pred_max
+        extrema = tf.stack([low[0], high[1], low[2], high[3]])
+    return tf.concat([summed, extrema], axis=0)
+
+
+def _detail_marks(global_rows, bad_before):
+    """(marks, bad data on the last row): marks non-zero where detail is kept.
+
+    The detector's flags, and the first row of each stretch of rows whose
+    inputs or targets hold non-finite entries (its per-feature input
+    statistics name the features; data that stays non-finite, e.g. masked
+    missing values, costs one detail span, not one per step).
+
+    Args:
+      global_rows: float32 [n, len(GLOBAL_COLUMNS)], consecutive rows.
+      bad_before: whether the row before the first had non-finite data.
+    """
+    g = metadata.GLOBAL
+    bad = ((np.nan_to_num(global_rows[:, g["input_nonfinite"]]) > 0)
+           | (np.nan_to_num(global_rows[:, g["target_nonfinite"]]) > 0))
+    if not len(bad):
+        return global_rows[:, g["flags"]], bad_before
+    onset = bad & ~np.concatenate([[bad_before], bad[:-1]])
+    marks = np.nan_to_num(global_rows[:, g["flags"]]) + onset
+    return marks, bool(bad[-1])
+
+
+def _dtype_of(variables):
+    """The variables' dtype name ("float32"), a sorted list if mixed, or None."""
+    names = sorted({str(getattr(getattr(v, "dtype", None), "name", None)
+                        or getattr(v, "dtype", None)) for v in variables})
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
 
 
 def _output_width(variables):

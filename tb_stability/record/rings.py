@@ -81,7 +81,8 @@ class Rings:
       full_until: rows (counts) before which every step is computed in full.
       input_rows: float32 [R, F], the first kernel's gradient row norms, or
         None without such a kernel.
-      inputs: float32 [R, input_features, 4], or None without inputs.
+      inputs: float32 [R, input_features, len(INPUT_COLUMNS)], or None
+        without inputs.
 
     Args:
       capacity: rows per ring (`ring_capacity`).
@@ -125,7 +126,8 @@ class Rings:
           global_row: float32 [len(GLOBAL_COLUMNS)].
           stats: float32 [V, S].
           input_rows: float32 [F] (ignored without that ring).
-          input_stats: float32 [input_features, 4] (ignored without inputs).
+          input_stats: float32 [input_features, len(INPUT_COLUMNS)] (ignored
+            without inputs).
           medians: float32 [V], the medians carried to the next step.
           full_until: int64, the new end of the steps computed in full.
           also: further updates the count must wait for (the detector's).

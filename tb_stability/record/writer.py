@@ -12,23 +12,36 @@ Runs outside any compiled function, on what `Rings.read` returned:
   write) and writes these with the ops of `tb_stability.summary`.
 """
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
 from tb_stability import metadata, summary
 
+
+def _total(values, axis=0):
+    """Sum over `axis` of the non-NaN values; NaN where all are NaN."""
+    values = np.asarray(values)
+    return np.where(np.all(np.isnan(values), axis=axis), np.nan,
+                    np.nansum(values, axis=axis))
+
+
 # How a window aggregates each input-statistics column over its steps, and
 # how two such aggregates are merged.
 _INPUT_OVER_STEPS = {"mean": np.nanmean, "std": np.nanmax,
-                     "min": np.nanmin, "max": np.nanmax}
+                     "min": np.nanmin, "max": np.nanmax,
+                     "nonfinite": _total}
 _INPUT_MERGE = {"mean": lambda a, b: (a + b) / 2.0, "std": np.fmax,
-                "min": np.fmin, "max": np.fmax}
+                "min": np.fmin, "max": np.fmax,
+                "nonfinite": lambda a, b: _total([a, b])}
 _INPUT = {name: i for i, name in enumerate(metadata.INPUT_COLUMNS)}
 
 
 def _input_aggregate(inputs):
-    """Per-feature aggregate over steps of [steps, features, 4] statistics."""
-    with np.errstate(invalid="ignore"):
+    """Per-feature aggregate over steps of [steps, features, columns] statistics."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features
         return np.stack(
             [_INPUT_OVER_STEPS[name](inputs[:, :, _INPUT[name]], axis=0)
              for name in metadata.INPUT_COLUMNS],
@@ -75,7 +88,7 @@ class Window:
           global_rows: float32 [n, len(GLOBAL_COLUMNS)].
           layers: float32 [n, V, S], the per-variable rows (NaN = not
             measured, left out of the aggregates).
-          inputs: float32 [n, features, 4], or None.
+          inputs: float32 [n, features, len(INPUT_COLUMNS)], or None.
         """
         for k in range(len(steps)):
             self.rows.append((int(steps[k]), global_rows[k]))
@@ -125,7 +138,7 @@ class Window:
         ).astype(np.float32)
 
     def input_aggregates(self):
-        """`[features, 4]` float32 input statistics of the window, or None."""
+        """`[features, len(INPUT_COLUMNS)]` float32 input statistics of the window, or None."""
         return None if self._inputs is None else self._inputs.astype(np.float32)
 
 

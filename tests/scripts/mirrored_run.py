@@ -63,17 +63,20 @@ else:
         opt = keras.optimizers.SGD(0.05)
         opt.build(model.trainable_variables)
         monitor = tb_stability.Monitor(logdir, optimizer=opt,
-                                       variables=model.trainable_variables)
+                                       variables=model.trainable_variables,
+                                       model=model)
 
     @tf.function
     def step_fn(step, xb, yb):
         def replica(xb, yb):
             with tf.GradientTape() as tape:
-                per_example = tf.reduce_sum(tf.square(model(xb) - yb), axis=1)
+                pred = model(xb)
+                per_example = tf.reduce_sum(tf.square(pred - yb), axis=1)
                 loss = tf.reduce_sum(per_example) / BATCH  # global batch
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
-            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0])
+            monitor.record(step, loss, grads, batch_size=tf.shape(xb)[0],
+                           inputs=xb, targets=yb, predictions=pred)
         strategy.run(replica, args=(xb, yb))
 
     dataset = strategy.experimental_distribute_dataset(
@@ -82,4 +85,8 @@ else:
         step_fn(tf.constant(s, tf.int64), xb, yb)
         monitor.flush()
     monitor.close()
-np.savez(out, norms=np.array(ref_norms), losses=np.array(ref_losses))
+# The targets of each global batch (both replicas' halves together).
+batches = y.reshape(STEPS, BATCH)
+np.savez(out, norms=np.array(ref_norms), losses=np.array(ref_losses),
+         target_min=batches.min(1), target_max=batches.max(1),
+         target_mean=batches.mean(1))

@@ -277,7 +277,24 @@ def unknown(logdir, seed=0):
             monitor.record(step, reported, grads, batch_size=64)
 
 
+def output_mismatch(logdir, seed=0):
+    """A regression with a sigmoid output under fit: targets around 50 that
+    a sigmoid (at most 1) can never reach, so the loss stalls at about
+    mean((y - 1)^2) from the first epoch."""
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    x = rng.normal(size=(2048, 8)).astype(np.float32)
+    y = (50.0 + 10.0 * x[:, :1] + rng.normal(size=(2048, 1))).astype(np.float32)
+    model = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="hidden"),
+        keras.layers.Dense(1, activation="sigmoid", name="out")], name="sigout")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=5, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+
+
 SCENARIOS = {
+    "output_mismatch": output_mismatch,
     "nonfinite_input": nonfinite_input,
     "unknown": unknown,
     "log_zero": log_zero,

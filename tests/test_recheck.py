@@ -77,7 +77,7 @@ def test_detail_rows_at_the_onset_the_analysis_reports(tmp_path):
         BEFORE + AFTER + 1)
 
 
-def _simulate(loss, flush_every, classes=None):
+def _simulate(loss, flush_every, classes=None, pred=None):
     """What the recorder does on the host with rows of `loss`, flushed every
     `flush_every` rows: the detail rows it writes (as row counts)."""
     capacity = 2 * (256 + 1) + 64
@@ -88,6 +88,11 @@ def _simulate(loss, flush_every, classes=None):
     rows = np.zeros([len(loss), G], np.float32)
     rows[:, tb_stability.metadata.GLOBAL["loss"]] = loss
     rows[:, tb_stability.metadata.GLOBAL["loss_scale"]] = np.nan
+    for name in tb_stability.metadata.DATA_COLUMNS:  # not measured
+        rows[:, tb_stability.metadata.GLOBAL[name]] = np.nan
+    if pred is not None:  # (min, max, mean) of the predictions per row
+        for j, name in enumerate(("pred_min", "pred_max", "pred_mean")):
+            rows[:, tb_stability.metadata.GLOBAL[name]] = pred[:, j]
     n = len(loss)
     for start in range(0, n, flush_every):
         count = min(start + flush_every, n)
@@ -161,6 +166,26 @@ def test_a_run_descending_to_new_lows_keeps_no_flat_spans():
     assert detect_lib.detect_anomalies(t, loss) == []
     for every in (10, 256):
         assert _simulate(loss, every) == list(range(CONFIG.first_steps)), every
+
+
+def test_a_constant_prediction_stall_keeps_its_onset_at_any_level():
+    """A regression whose hidden units die at row 1000: the prediction is
+    the same for every input from there on, and the loss sits at the
+    targets' variance, two decades below its start and at a level it had
+    reached before. The onset's rows are kept all the same."""
+    rng = np.random.default_rng(4)
+    n, dead = 2500, 1000
+    t = np.arange(n)
+    loss = np.maximum(300.0 * np.exp(-t / 100.0), 3.0) * np.exp(0.05 * rng.normal(size=n))
+    spread = np.where(t < dead, 5.0, 0.0)
+    pred = np.stack([35.0 - spread, 35.0 + spread, np.full(n, 35.0)], axis=1)
+    assert detect_lib.detect_anomalies(t, loss) == []  # the loss alone: converged
+    spread_rel = (pred[:, 1] - pred[:, 0]) / np.abs(pred[:, 2])
+    (a,) = detect_lib.detect_anomalies(t, loss, pred_spread=spread_rel)
+    assert (a.kind, a.pattern) == ("plateau", "stall")
+    for every in (10, 256):
+        written = set(_simulate(loss, every, pred=pred))
+        assert any(dead - BEFORE <= r <= dead + 2 * detect_lib.BLOCK for r in written), every
 
 
 def test_a_failing_analysis_leaves_the_recording(tmp_path, monkeypatch, caplog):

@@ -120,6 +120,23 @@ def constant_output(pred_spread, lo, hi):
     return bool(len(x) and np.mean(x <= CONSTANT_OUTPUT_RTOL) >= CONSTANT_OUTPUT_SHARE)
 
 
+def constant_suffix(pred_spread, stop, min_rows):
+    """The first row of the stretch to `stop` where the output is constant, or None.
+
+    The stretch after the last measured row whose predictions varied; it
+    must hold `min_rows` rows or more.
+    """
+    if pred_spread is None:
+        return None
+    x = np.asarray(pred_spread, np.float64)[:stop]
+    measured = np.isfinite(x)
+    if not measured.any():
+        return None
+    varied = np.flatnonzero(measured & (x > CONSTANT_OUTPUT_RTOL))
+    first = int(varied[-1]) + 1 if len(varied) else int(np.flatnonzero(measured)[0])
+    return first if stop - first >= min_rows else None
+
+
 def _stuck(level, row, y, med, j, size, *, start, chance_levels, grad_norm,
            blown_up, pred_spread=None):
     """(pattern, why) when a flat stretch at `level` from block `j` is stuck.
@@ -248,7 +265,10 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
                      blown_up=bool(np.isfinite(peak_before) and peak_before - start >= BLOW_UP),
                      pred_spread=pred_spread)
     if pattern is None:
-        return []
+        first = constant_suffix(pred_spread, stop, min_blocks * size)
+        if first is None or first < row - size:
+            return []
+        pattern, row = "stall", first  # stuck since its output stopped depending on x
     # The onset: the first row near the level, from the block before on.
     tol = max(math.log10(1 + CHANCE_TOL), STALL_SPREAD / 2)
     lo = max(row - size, 0)

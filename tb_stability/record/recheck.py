@@ -41,6 +41,11 @@ from tb_stability.analysis import stalls
 _LOSS = metadata.GLOBAL["loss"]
 _NONFINITE = metadata.GLOBAL["nonfinite"]
 _SCALE = metadata.GLOBAL["loss_scale"]
+# Rows of constant predictions that make a flat stretch at any level worth
+# its onset's detail (fewer than the offline stall needs: the online side
+# keeps at least what the offline one reports).
+CONSTANT_MIN_ROWS = 4 * stalls.BLOCK
+_PRED = [metadata.GLOBAL[name] for name in ("pred_min", "pred_max", "pred_mean")]
 # Rows of baseline context the analysis needs before a step it judges.
 CONTEXT = detect_lib.BLOCK * detect_lib.BLOCKS
 # Rows between two analyses, at most (a Monitor under XLA flushes each step).
@@ -83,6 +88,7 @@ class Recheck:
         self._loss = np.zeros([0], np.float64)
         self._nonfinite = np.zeros([0], np.float64)
         self._scale = np.zeros([0], np.float64)
+        self._spread = np.zeros([0], np.float64)  # the predictions' spread
         self._analysed = 0  # rows added when the analysis last ran
         self._flat_end = None  # position where the last flat stretch kept was seen
         self._flat_level = None  # its level (log10)
@@ -107,12 +113,17 @@ class Recheck:
             self._offset = first_step - start if first_step > 0 else -start
             self._complete = first_step == 0 and start == 0
             self._first = start
-            self._loss = self._nonfinite = self._scale = np.zeros([0], np.float64)
+            self._loss = self._nonfinite = self._scale = self._spread = np.zeros(
+                [0], np.float64)
             self._analysed = start
         rows = np.asarray(global_rows, np.float64)
         self._loss = np.concatenate([self._loss, rows[:, _LOSS]])
         self._nonfinite = np.concatenate([self._nonfinite, rows[:, _NONFINITE]])
         self._scale = np.concatenate([self._scale, rows[:, _SCALE]])
+        lo, hi, mean = (rows[:, c] for c in _PRED)
+        with np.errstate(invalid="ignore"):
+            spread = (hi - lo) / np.maximum(1.0, np.abs(mean))
+        self._spread = np.concatenate([self._spread, spread])
         self._trim()
 
     def _trim(self):
@@ -129,6 +140,7 @@ class Recheck:
             self._loss = self._loss[cut:]
             self._nonfinite = self._nonfinite[cut:]
             self._scale = self._scale[cut:]
+            self._spread = self._spread[cut:]
 
     def due(self, final=False):
         """Whether rows were added since the last analysis, enough of them."""
@@ -161,7 +173,7 @@ class Recheck:
         skipped = report_lib.skipped_rows(self._loss[:n], self._scale[:n])
         anomalies = detect_lib.detect_anomalies(
             positions, self._loss[:n], nonfinite=self._nonfinite[:n],
-            skipped=skipped)
+            skipped=skipped, pred_spread=self._spread[:n])
         judged_from = positions[0] + (0 if self._complete else CONTEXT)
         rows = {int(pos) - self._offset
                 for a in anomalies if a.kind in LOCAL_KINDS
@@ -196,7 +208,12 @@ class Recheck:
             self._flat_end = int(positions[-1])
             return None  # the same stretch, still flat
         if not self._may_stall(level, best_before):
-            return None
+            # At any level where the model gives every input the same output.
+            first = stalls.constant_suffix(self._spread[:len(positions)], len(positions),
+                                           CONSTANT_MIN_ROWS)
+            if first is None:
+                return None
+            onset = int(positions[max(first, k)])
         self._flat_end, self._flat_level = int(positions[-1]), level
         return onset - self._offset
 
@@ -205,7 +222,8 @@ class Recheck:
 
         Near ln C, within `stalls.BARELY_LEARNED` of the run's start, or
         `stalls.LOST` above the best level seen before; any level when the
-        start is unknown (a resumed run).
+        start is unknown (a resumed run). (At any level, too, where the
+        model gives every input the same prediction: `rows` checks that.)
         """
         if self._start is None:
             return True

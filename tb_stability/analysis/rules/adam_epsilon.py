@@ -82,7 +82,7 @@ MAX_CONFIDENCE = 0.95
 def _half_precision(ctx: Context) -> Optional[str]:
     """The sentence when Adam's ε is below float16's resolution under float16 variables."""
     dtypes = (ctx.model or {}).get("dtypes") or {}
-    dtype = dtypes.get("variable") or ctx.run.optimizer.get("dtype")
+    dtype = dtypes.get("variable") or ctx.run.optimizer.get("variable_dtype")
     eps = ctx.run.optimizer.get("epsilon")
     if dtype not in ("float16", "half") or not isinstance(eps, (int, float)):
         return None

@@ -15,6 +15,16 @@ from tb_stability.analysis.evidence import nanmedian
 from tb_stability.events.series import RunData
 from tb_stability.metadata import GLOBAL, STAT, layer_of
 
+# Keras losses on class labels (the targets are labels, not values).
+CROSS_ENTROPIES = ("binary_crossentropy", "categorical_crossentropy",
+                   "sparse_categorical_crossentropy", "binary_focal_crossentropy",
+                   "categorical_focal_crossentropy", "kl_divergence")
+# Short names Keras accepts for its losses.
+LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error",
+                "mape": "mean_absolute_percentage_error",
+                "msle": "mean_squared_logarithmic_error", "logcosh": "log_cosh",
+                "kld": "kl_divergence", "kullback_leibler_divergence": "kl_divergence"}
+
 # The first rows whose median finite loss is the run's starting loss.
 INITIAL_LOSS_ROWS = 50
 # window_argmax: tensors with fewer entries than this are ignored when any
@@ -119,6 +129,39 @@ class Context:
         if name in GLOBAL:
             return self.run.col(name)
         return np.full(len(self.loss), np.nan)
+
+    def loss_name(self) -> Optional[str]:
+        """The recorded loss's Keras name in snake case, or None (not recorded).
+
+        From run_info "model"."loss" ("name", else "class":
+        `CategoricalCrossentropy` -> `categorical_crossentropy`), short names
+        resolved (`mse` -> `mean_squared_error`).
+        """
+        loss = self.model.get("loss") or {}
+        name = (loss.get("name") or loss.get("class")) if isinstance(loss, dict) else None
+        if not isinstance(name, str) or not name:
+            return None
+        if any(c.isupper() for c in name):
+            name = "".join(("_" + c.lower()) if c.isupper() and i and not name[i - 1].isupper()
+                           else c.lower() for i, c in enumerate(name))
+        name = name.replace("cross_entropy", "crossentropy").replace(
+            "k_l_divergence", "kl_divergence")
+        return LOSS_ALIASES.get(name, name)
+
+    def targets_are_labels(self) -> bool:
+        """Whether the targets are class labels, not values the output must reach.
+
+        Under a recorded cross-entropy; else when the targets were measured
+        and are integral from 0 up to at most max(1, C - 1).
+        """
+        if self.loss_name() in CROSS_ENTROPIES:
+            return True
+        lo, hi = self.column("target_min"), self.column("target_max")
+        if not (np.isfinite(lo).any() and np.isfinite(hi).any()):
+            return False
+        lo, hi = float(np.nanmin(lo)), float(np.nanmax(hi))
+        top = max(1, (self.classes or 2) - 1)
+        return lo == 0.0 and hi == round(hi) and 1.0 <= hi <= top
 
     def pred_spread(self) -> np.ndarray:
         """[n] spread of the predictions over each step's batch, relative.

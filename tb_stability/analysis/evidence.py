@@ -40,6 +40,9 @@ OTHERS_MAX_JUMP = 3.0
 
 # summed_first_loss: how close (relative) the first loss must be to B·ln C.
 SUMMED_TOLERANCE = 0.1
+# summed_beyond_examples: how far above the largest per-example error the
+# batch allows the first loss must be (x).
+SUMMED_BOUND_FACTOR = 2.0
 
 
 def fmt(x) -> str:
@@ -156,3 +159,41 @@ def summed_first_loss(ctx: "Context") -> bool:
         return False
     expected = batch * math.log(ctx.classes)
     return abs(loss0 - expected) <= SUMMED_TOLERANCE * expected
+
+
+def summed_beyond_examples(ctx: "Context") -> Optional[Tuple[float, float]]:
+    """(first loss, bound) when the first loss is more than any example's error.
+
+    A mean of squared (or absolute) errors is at most the largest one. The
+    largest error any example of the first measured batch allows is
+    max(|target_max - pred_min|, |pred_max - target_min|); a first loss
+    over `SUMMED_BOUND_FACTOR` times max(that², that) is no mean: it is a
+    sum over the batch. None without the data statistics, when the
+    bound holds, or for class labels (a cross-entropy term is not bounded
+    by the label's distance).
+    """
+    if ctx.targets_are_labels():
+        return None
+    cols = [ctx.column(n) for n in ("target_min", "target_max", "pred_min", "pred_max")]
+    ok = np.isfinite(ctx.loss) & np.all([np.isfinite(c) for c in cols], axis=0)
+    rows = np.flatnonzero(ok)
+    if not len(rows):
+        return None
+    i = int(rows[0])
+    t_min, t_max, p_min, p_max = (float(c[i]) for c in cols)
+    worst = max(abs(t_max - p_min), abs(p_max - t_min))
+    bound = SUMMED_BOUND_FACTOR * max(worst * worst, worst)
+    loss0 = float(ctx.loss[i])
+    return (loss0, bound) if bound > 0 and loss0 > bound else None
+
+
+def summed_reduction(ctx: "Context") -> bool:
+    """Whether the recorded Keras loss sums over the batch (reduction "sum")."""
+    loss = (ctx.model or {}).get("loss") or {}
+    return isinstance(loss, dict) and loss.get("reduction") == "sum"
+
+
+def summed_loss_signs(ctx: "Context") -> bool:
+    """Any sign that the loss is summed over the batch (the three above)."""
+    return bool(summed_first_loss(ctx) or summed_reduction(ctx)
+                or summed_beyond_examples(ctx))

@@ -6,10 +6,12 @@ update could have caused it.
 
 Evidence: a detail row at step 0 and an anomaly within `MAX_ONSET_STEP`
 steps of the start; at step 0 every kernel's gradient norm above
-`MIN_GRAD_NORM`, all within `MAX_SPREAD` times of each other, and the
-first loss above `CHANCE_FACTOR` times chance level (ln C, or 1 when the
-number of classes is unknown). Not when the first loss is B·ln C (a
-summed loss explains a large first loss).
+`MIN_GRAD_NORM`, the hidden kernels' (all but the output's, whose
+gradient is its input's size times a bounded output error) within
+`MAX_SPREAD` times of each other, and the first loss above
+`CHANCE_FACTOR` times chance level (ln C, or 1 when the number of classes
+is unknown). Not when the loss is summed over the batch
+(`evidence.summed_loss_signs`: that explains a large first loss).
 """
 
 import math
@@ -20,7 +22,7 @@ import numpy as np
 from tb_stability.analysis import causes as C
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
-from tb_stability.analysis.evidence import fmt, summed_first_loss
+from tb_stability.analysis.evidence import fmt, summed_loss_signs
 from tb_stability.metadata import STAT
 
 # The anomaly's onset at most this step: it must follow the start directly.
@@ -42,17 +44,18 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     if a.step > MAX_ONSET_STEP:
         return None  # the anomaly must follow the start directly
     g = detail[ctx.kernels, STAT["grad_norm"]]
+    hidden = g[:-1]  # the output kernel's gradient is not boosted backwards
     loss0 = ctx.loss[0]
     chance = math.log(ctx.classes) if ctx.classes and ctx.classes >= 2 else 1.0
     if not (np.all(np.isfinite(g)) and np.min(g) > MIN_GRAD_NORM
-            and np.max(g) / np.min(g) < MAX_SPREAD
+            and np.max(hidden) / np.min(hidden) < MAX_SPREAD
             and np.isfinite(loss0) and loss0 > CHANCE_FACTOR * chance):
         return None
-    if summed_first_loss(ctx):
+    if summed_loss_signs(ctx):
         return None  # a summed loss explains a large first loss
     return make_cause(C.BAD_INIT, CONFIDENCE, [
         f"At step 0, before any update, the loss is {fmt(loss0)} "
         f"({fmt(loss0 / chance)}x chance level) and every kernel's gradient "
-        f"norm is above {fmt(np.min(g))}, all within "
-        f"{fmt(np.max(g) / np.min(g))}x of each other: the initial weights "
+        f"norm is above {fmt(np.min(g))}, the hidden ones all within "
+        f"{fmt(np.max(hidden) / np.min(hidden))}x of each other: the initial weights "
         f"are too large everywhere."])

@@ -32,8 +32,10 @@ from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import fmt, nanmedian
 from tb_stability.metadata import STAT
 
-# Confidence of a plateau at ln C alone.
-PINNED_CONFIDENCE = 0.45
+# Confidence of a plateau at ln C alone: below `attribute.MIN_CONFIDENCE`,
+# a candidate only (shuffled labels or inputs without signal sit there too,
+# with healthy units).
+PINNED_CONFIDENCE = 0.25
 # The median gradient norm on the plateau below this fraction of its
 # maximum before it: the gradients collapsed.
 GRAD_COLLAPSE = 1e-2

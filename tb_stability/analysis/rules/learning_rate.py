@@ -51,7 +51,7 @@ from tb_stability.analysis.evidence import LEAD_WINDOW, fmt
 # The learning rate at the onset over its value this many rows before (x).
 LR_LOOKBACK_ROWS = 50
 LR_RISE = 1.5
-LR_RISE_CONFIDENCE = 0.55
+LR_RISE_CONFIDENCE = 0.65
 # The median update/weight ratio before the onset above this (a ratio),
 # at a step after MIN_STEP.
 LARGE_UPDATE_RATIO = 1e-2

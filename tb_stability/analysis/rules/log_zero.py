@@ -76,7 +76,7 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         return None  # above what a log can give: overflow
     if ctx.data_nonfinite(max(0, i - 1), i):
         return None  # the data's NaN
-    if _keras_loss(ctx) in KERAS_LOSSES:
+    if ctx.loss_name() in KERAS_LOSSES:
         return None
     k = max(0, i - RISE_ROWS)
     rising = ctx.loss[i - 1] > ctx.loss[k]
@@ -88,16 +88,3 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
                         f"{fmt(ctx.loss[i - 1])} before (saturation).")
     return make_cause(C.LOG_ZERO, CONFIDENCE_RISING if rising else CONFIDENCE, evidence)
 
-
-def _keras_loss(ctx: Context) -> Optional[str]:
-    """The recorded loss's Keras name (snake case), or None."""
-    loss = (ctx.model or {}).get("loss") or {}
-    name = loss.get("name") if isinstance(loss, dict) else None
-    if not isinstance(name, str):
-        return None
-    name = name.lower()
-    aliases = {"mse": "mean_squared_error", "mae": "mean_absolute_error",
-               "mape": "mean_absolute_percentage_error",
-               "msle": "mean_squared_logarithmic_error", "logcosh": "log_cosh",
-               "kld": "kl_divergence", "kullback_leibler_divergence": "kl_divergence"}
-    return aliases.get(name, name)

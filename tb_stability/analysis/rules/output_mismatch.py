@@ -20,13 +20,16 @@ that recovers had an output able to fit):
   `from_logits=True` after a softmax or sigmoid (`PROBS_AS_LOGITS_CONFIDENCE`);
   a bounded activation and targets outside its range by more than
   `RANGE_TOLERANCE` on the recorded steps (`RANGE_CONFIDENCE`);
-- without the configuration (a custom loop), the per-step statistics of
-  the targets and the predictions over the anomaly: on at least
+- the per-step statistics of the targets and the predictions over the
+  anomaly, where both are values of one kind (not class labels against
+  logits or probabilities: not under a cross-entropy, nor with targets
+  that are integral labels from 0 to at most C-1): on at least
   `MIN_ROW_SHARE` of its rows every target lies beyond every prediction
   (the output never reaches them: its range is bounded;
   `BEYOND_CONFIDENCE`), or the prediction is the same for every input (its
-  spread below `PINNED_SPREAD` times its scale) with the targets' mean
-  outside it (`PINNED_CONFIDENCE`).
+  spread below `PINNED_SPREAD` times its scale) further than
+  `MEAN_TOLERANCE` of the targets' range from their mean
+  (`PINNED_CONFIDENCE`).
 
 A constant prediction at the targets' mean is not this cause: that is an
 output that fits as well as a dead network can (`dead_units`).
@@ -37,7 +40,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from tb_stability.analysis import causes as C
-from tb_stability.analysis.context import Cause, Context, make_cause
+from tb_stability.analysis.context import CROSS_ENTROPIES, Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import fmt
 
@@ -53,6 +56,7 @@ MIN_ROW_SHARE = 0.9
 BEYOND_CONFIDENCE = 0.7
 PINNED_SPREAD = 1e-6
 PINNED_CONFIDENCE = 0.65
+MEAN_TOLERANCE = 0.25
 
 # The range each bounded activation can produce (closed bounds).
 RANGES = {
@@ -63,31 +67,8 @@ RANGES = {
 }
 # Activations whose output is a probability.
 PROBABILITY_OUTPUTS = ("softmax", "sigmoid", "hard_sigmoid")
-# Losses on probabilities (with from_logits, on logits).
-CROSS_ENTROPIES = ("binary_crossentropy", "categorical_crossentropy",
-                   "sparse_categorical_crossentropy", "binary_focal_crossentropy",
-                   "categorical_focal_crossentropy", "kl_divergence")
 # Losses whose targets are class indices, not values an output must reach.
 INDEX_TARGETS = ("sparse_categorical_crossentropy",)
-
-
-def _snake(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i and not name[i - 1].isupper():
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
-
-
-def _loss_name(loss: dict) -> Optional[str]:
-    """The loss's name in snake case (`categorical_crossentropy`), or None."""
-    name = loss.get("name") or loss.get("class")
-    if not isinstance(name, str) or not name:
-        return None
-    name = _snake(name) if any(c.isupper() for c in name) else name
-    return name.replace("cross_entropy", "crossentropy").replace(
-        "k_l_divergence", "kl_divergence")
 
 
 def _config(ctx: Context) -> List[Tuple[float, str]]:
@@ -98,7 +79,7 @@ def _config(ctx: Context) -> List[Tuple[float, str]]:
     act = out.get("activation")
     act = act.lower() if isinstance(act, str) else None
     units = out.get("units")
-    name = _loss_name(loss) if isinstance(loss, dict) else None
+    name = ctx.loss_name()
     logits = loss.get("from_logits") if isinstance(loss, dict) else None
     layer = out.get("layer") or "the output layer"
     found = []
@@ -138,6 +119,8 @@ def _config(ctx: Context) -> List[Tuple[float, str]]:
 
 def _statistics(ctx: Context, a: Anomaly) -> List[Tuple[float, str]]:
     """(confidence, sentence) of what the targets and predictions show over the anomaly."""
+    if ctx.targets_are_labels():
+        return []
     i0 = ctx.idx(a.step)
     cols = {k: ctx.column(k)[i0:] for k in (
         "target_min", "target_max", "target_mean", "pred_min", "pred_max", "pred_mean")}
@@ -160,7 +143,8 @@ def _statistics(ctx: Context, a: Anomaly) -> List[Tuple[float, str]]:
     spread = v["pred_max"] - v["pred_min"]
     scale = np.maximum(1.0, np.abs(v["pred_mean"]))
     pinned = spread <= PINNED_SPREAD * scale
-    outside = (v["target_mean"] < v["pred_min"]) | (v["target_mean"] > v["pred_max"])
+    width = float(np.max(v["target_max"]) - np.min(v["target_min"]))
+    outside = np.abs(v["target_mean"] - v["pred_mean"]) > MEAN_TOLERANCE * max(width, 1e-12)
     if not found and (pinned & outside).mean() >= MIN_ROW_SHARE:
         found.append((PINNED_CONFIDENCE,
                       f"From step {a.step} the prediction is the same for every "

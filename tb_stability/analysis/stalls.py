@@ -21,7 +21,12 @@ which the noise of small-batch SGD does not move much.
   `CONSTANT_OUTPUT_SHARE` of the stretch: it ignores its input, e.g. a
   regression whose hidden units all died, stuck at the error of a constant
   prediction). A stretch at chance that ends because the problem gets
-  solved is not an anomaly.
+  solved is not an anomaly. A loss too noisy to be flat is a stall too
+  when it never learned: over a stretch to the end as long as a stall's,
+  no block median `NEVER_LEARNED` below the start (nor below ln C or
+  B·ln C for a classifier that started above it), and its last quarter
+  not `RISE` above its first (that would be a divergence) — it keeps
+  jumping around where it began (a far too large step).
 * **Frozen** training (`plateau`, pattern "frozen"): every gradient exactly
   zero, or the loss constant to `FROZEN_RTOL`, for `FROZEN_MIN_STEPS`
   steps; a constant loss only where the run never learned (a converged
@@ -241,7 +246,8 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
         return []
     found = _flat_start(med, min_blocks, spread_limit)
     if found is None:
-        return []
+        return _never_learned(steps, y, stop, med, size, min_blocks,
+                              classes=classes, batch_size=batch_size)
     j = found
     level = _nanmedian(med[j:])
     # The onset: past the blocks of the stretch off its level (the last of
@@ -253,13 +259,7 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         peak_before = np.nanmax(y[:row]) if row > 0 else np.nan
-    chance_levels = []
-    if classes and classes >= 2:
-        chance_levels.append(math.log(classes))
-        if batch_size is not None:
-            b = _nanmedian(np.asarray(batch_size, np.float64)[:stop])
-            if np.isfinite(b) and b > 1:
-                chance_levels.append(b * math.log(classes))
+    chance_levels = _chance_levels(classes, batch_size, stop)
     pattern = _stuck(level, row, y, med, j, size, start=start,
                      chance_levels=chance_levels, grad_norm=grad_norm,
                      blown_up=bool(np.isfinite(peak_before) and peak_before - start >= BLOW_UP),
@@ -282,6 +282,50 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
         severity=float((stop - first) / len(y)), baseline=float(10.0 ** level),
         peak_value=float(10.0 ** y[first]) if np.isfinite(y[first]) else float("nan"),
         pattern=pattern,
+    )]
+
+
+def _chance_levels(classes, batch_size, stop):
+    """The loss levels at chance: ln C and, with a batch B > 1, B·ln C."""
+    levels = []
+    if classes and classes >= 2:
+        levels.append(math.log(classes))
+        if batch_size is not None:
+            b = _nanmedian(np.asarray(batch_size, np.float64)[:stop])
+            if np.isfinite(b) and b > 1:
+                levels.append(b * math.log(classes))
+    return levels
+
+
+def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size):
+    """The stall of a noisy loss that never got below where it began (0 or 1)."""
+    start = start_level(y, stop)
+    if not np.isfinite(start):
+        return []
+    floor = start
+    for c in _chance_levels(classes, batch_size, stop):
+        # A classifier that started above chance and sits around it.
+        if math.log10(c) < floor and abs(math.log10(c) - _nanmedian(med)) <= NEVER_LEARNED:
+            floor = math.log10(c)
+    k = len(med)
+    with np.errstate(invalid="ignore"):
+        below = np.flatnonzero(med < floor - NEVER_LEARNED)
+    j = int(below[-1]) + 1 if len(below) else 0
+    if k - j < min_blocks or np.isfinite(med[j:]).sum() < min_blocks // 2:
+        return []
+    q = max(2, (k - j) // 4)
+    if _nanmedian(med[k - q:]) - _nanmedian(med[j:j + q]) > RISE:
+        return []  # rising: a divergence, not a loss jumping where it began
+    row = j * size
+    first = row + int(np.argmax(np.isfinite(y[row:stop]))) if row < stop else row
+    end = None if stop >= len(y) else stop
+    level = _nanmedian(med[j:])
+    return [Anomaly(
+        kind=PLATEAU, step=int(steps[first]), peak_step=int(steps[first]),
+        end_step=None if end is None else int(steps[end]),
+        severity=float((stop - first) / len(y)), baseline=float(10.0 ** level),
+        peak_value=float(10.0 ** y[first]) if np.isfinite(y[first]) else float("nan"),
+        pattern="stall",
     )]
 
 

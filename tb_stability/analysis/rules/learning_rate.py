@@ -25,8 +25,8 @@ Evidence for a stall (`plateau`, not frozen) or an `instability`, either of
 
 - a blow-up before it: the loss rose at least `BLOWUP_RISE` times above
   its best so far, and the learning rate rose more than `LR_RISE` times
-  over the rows before that blow-up (`BLOWUP_LR_CONFIDENCE`) or the
-  update/weight ratio before it was above `LARGE_UPDATE_RATIO`
+  over the rows before the first such blow-up (`BLOWUP_LR_CONFIDENCE`) or
+  the update/weight ratio before it was above `LARGE_UPDATE_RATIO`
   (`BLOWUP_UPDATE_CONFIDENCE`). What killed the units ranks above the dead
   units themselves (`dead_units`);
 - the loss jumping from step to step while it makes no progress (the
@@ -66,7 +66,7 @@ GEOMETRIC_CONFIDENCE = 0.55
 # Stalls and instability: a blow-up before them (x above the best so far).
 BLOWUP_RISE = 3.0
 BLOWUP_LR_CONFIDENCE = 0.7
-BLOWUP_UPDATE_CONFIDENCE = 0.6
+BLOWUP_UPDATE_CONFIDENCE = 0.7
 # ... a noisy stall: std of ln(loss) over the anomaly.
 NOISY_LOG_STD = 0.25
 NOISY_CONFIDENCE = 0.6
@@ -203,10 +203,11 @@ def _stalled(ctx: Context, a: Anomaly) -> Optional[Cause]:
 
 
 def _blowup_before(ctx: Context, i0: int) -> Optional[Tuple[int, float, float]]:
-    """(row, best before, high) of the highest blow-up before row i0, or None.
+    """(row, best before, high) of the first blow-up up to row i0, or None.
 
     A blow-up is the loss at least `BLOWUP_RISE` times its running minimum
     before it (non-finite values count as a blow-up above any minimum).
+    The first one is what killed the units; later ones are its aftermath.
     """
     loss = ctx.loss[:i0 + 1]
     if len(loss) < 2:
@@ -216,7 +217,8 @@ def _blowup_before(ctx: Context, i0: int) -> Optional[Tuple[int, float, float]]:
     prev_best = np.concatenate([[np.inf], best[:-1]])
     ratio = np.where(prev_best > 0, finite / prev_best, np.inf)
     ratio[~np.isfinite(prev_best)] = 0.0
-    j = int(np.argmax(ratio))
-    if ratio[j] < BLOWUP_RISE:
+    hits = np.flatnonzero(ratio >= BLOWUP_RISE)
+    if not len(hits):
         return None
+    j = int(hits[0])
     return j, float(prev_best[j]), float(finite[j])

@@ -290,7 +290,7 @@ def unscaled_inputs_lnc(logdir, seed=0, fix=False):
     x, labels = _blobs(rng, 4096, 64, 10)
     x = np.clip(255.0 * (0.5 + 0.2 * x), 0, 255).astype(np.float32)
     if fix:
-        x = x / 255.0
+        x = _standardise(x)
     y = _one_hot(labels, 10)
     model = _mlp(64, [64], 10, name="unscaled")
     return _loop(logdir, model, keras.optimizers.SGD(0.01), _xent,
@@ -618,6 +618,31 @@ def exploding_rnn_cliff(logdir, seed=0, fix=False):
         keras.layers.Dense(classes, name="logits")], name="cliff")
     opt = keras.optimizers.SGD(0.05, clipnorm=1.0 if fix else None)
     return _loop(logdir, model, opt, _xent, batches, steps)
+
+
+def exploding_relu_rnn(logdir, seed=0, fix=False):
+    """A ReLU SimpleRNN with an identity recurrent kernel (IRNN) on 40-step
+    sequences, plain SGD without clipping: the recurrent kernel's gradient
+    at the first step is hundreds, several times the dense layer's, the
+    first update lifts its spectral radius above 1 and the state and the
+    gradients explode through the 40 steps: inf by step 2. Fix:
+    clipnorm=1.0 (as Le et al. train it)."""
+    length, batch = 40, 64
+    rng = _seed(seed)
+
+    def batches(step):
+        xb = rng.normal(size=(batch, length, 1)).astype(np.float32)
+        return xb, xb[:, :10, 0].sum(1, keepdims=True) / 3.0
+    model = keras.Sequential([
+        keras.Input((length, 1)),
+        keras.layers.SimpleRNN(32, activation="relu", recurrent_initializer="identity",
+                               name="rnn"),
+        keras.layers.Dense(1, name="out")], name="irnn")
+    opt = keras.optimizers.SGD(0.01, clipnorm=1.0 if fix else None)
+    return _loop(logdir, model, opt, _mse, batches, 300)
+
+
+# --- vanishing_gradient
 
 
 def vanishing_deep_sigmoid(logdir, seed=0, fix=False):
@@ -966,11 +991,11 @@ RUNS = {
     # summed_loss
     "summed_loss_sgd": _broken(
         summed_loss_sgd, "plateau", "summed_ce_sgd",
-        "SO: TF tutorial loss reduce_sum(cross-entropy) stuck / NaN with a larger batch under SGD",
+        "SO: Why does TensorFlow example fail when increasing batch size? (reduce_sum cross-entropy, SGD)",
         "summed_loss", "reduce_sum -> reduce_mean"),
     "summed_mse_large_batch": _broken(
         summed_mse_large_batch, "nonfinite", "summed_mse_sgd",
-        "SO: loss becomes inf/nan when the batch size is increased (tf.reduce_sum of squared error, SGD)",
+        "SO: cannot optimise with tf.reduce_sum() but can with tf.reduce_mean() (squared error, SGD diverges)",
         "summed_loss", "reduce_sum -> reduce_mean"),
     "summed_loss_fit": _broken(
         summed_loss_fit, "plateau", "summed_reduction_fit",
@@ -979,7 +1004,7 @@ RUNS = {
     # log_zero
     "log_zero_softmax": _broken(
         log_zero_softmax, "nonfinite", "log_softmax_handwritten",
-        "SO: TensorFlow MNIST tutorial -reduce_sum(y_*log(y)) gives NaN after some steps",
+        "SO: Train neural network: mathematical reason for NaN (-reduce_sum(y_*tf.log(y)), 0 * log 0)",
         "log_zero", "hand-written log(softmax) -> softmax_cross_entropy_with_logits"),
     "log_zero_sigmoid": _broken(
         log_zero_sigmoid, "nonfinite", "log_sigmoid_handwritten",
@@ -1015,7 +1040,7 @@ RUNS = {
     "unscaled_inputs_lnc": _broken(
         unscaled_inputs_lnc, "plateau", "raw_pixels",
         "SO: MLP on raw 0-255 pixels, loss stuck at 2.3026, accuracy 10%",
-        "unnormalized_inputs", "inputs / 255"),
+        "unnormalized_inputs", "pixels standardised per feature ((x - mean) / std)"),
     "imbalanced_prior": _broken(
         imbalanced_prior, "plateau", "raw_amounts_all_features",
         "SO: binary classifier on imbalanced data stuck at one loss, predicts only the majority class",
@@ -1028,6 +1053,10 @@ RUNS = {
     "exploding_rnn_cliff": _broken(
         exploding_rnn_cliff, "spike", "rnn_cliff",
         "SO: SimpleRNN loss suddenly explodes late in training without gradient clipping (Pascanu et al.)",
+        "exploding_gradient", "SGD clipnorm=1.0"),
+    "exploding_relu_rnn": _broken(
+        exploding_relu_rnn, "nonfinite", "relu_rnn_no_clipping",
+        "SO: SimpleRNN with relu activation, loss becomes inf/nan after the first batches (no clipnorm)",
         "exploding_gradient", "SGD clipnorm=1.0"),
     # vanishing_gradient
     "vanishing_deep_sigmoid": _broken(
@@ -1101,7 +1130,7 @@ RUNS = {
         "bad_batch", "the outlier batch filtered out"),
     "bad_batch_corrupt_chunk": _broken(
         bad_batch_corrupt_chunk, "spike", "corrupt_chunk_each_epoch",
-        "SO: loss spikes at the same iteration of every epoch with shuffle=False (corrupt rows)",
+        "SO #47824598: Why does my training loss have regular spikes? (once per pass, one batch out of scale)",
         "bad_batch", "the corrupt chunk's targets repaired"),
     # output_mismatch
     "frozen_softmax_bce": _broken(
@@ -1184,6 +1213,7 @@ HEALTHY = {k: v for k, v in RUNS.items() if v.expect is None}
 # split the work between workers; the others take about _COST_DEFAULT.
 _COST = {"adam_epsilon_exact_fit": 12.0, "adam_epsilon_exact_fit-fixed": 8.0,
          "exploding_rnn_cliff": 7.0, "exploding_rnn_cliff-fixed": 7.0,
+         "exploding_relu_rnn-fixed": 5.0,
          "spike_train": 5.0, "spike_train-fixed": 5.0, "blowup_then_stall": 5.0,
          "blowup_then_stall-fixed": 5.0, "ok_cosine_restarts": 5.0,
          "ok_deep_linear_saddle": 5.0, "ok_noisy_small_batch": 5.0}

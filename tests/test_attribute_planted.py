@@ -136,3 +136,161 @@ def test_no_sequel_without_a_shock_or_far_after():
     far.glob[701:760, GLOBAL["loss"]] *= 40.0
     for a in analyze_run(far)[1:]:
         assert all("sequel_of" not in c for c in a["causes"])
+
+
+def _stuck(run, at=200, level=2.0):
+    """The loss learns for `at` steps, then sits at `level` (x start/10) to the end."""
+    run.glob[at:, GLOBAL["loss"]] = level * np.exp(
+        np.random.default_rng(1).normal(0, 0.01, len(run.steps) - at))
+    return run
+
+
+def _data(run, *, targets=None, preds=None, inputs_nonfinite=None):
+    """Plants the step's data columns: (min, max, mean) of targets and predictions."""
+    if targets is not None:
+        for j, name in enumerate(("target_min", "target_max", "target_mean")):
+            run.glob[:, GLOBAL[name]] = targets[j]
+        run.glob[:, GLOBAL["target_nonfinite"]] = 0
+    if preds is not None:
+        for j, name in enumerate(("pred_min", "pred_max", "pred_mean")):
+            run.glob[:, GLOBAL[name]] = preds[j]
+    if inputs_nonfinite is not None:
+        run.glob[:, GLOBAL["input_nonfinite"]] = inputs_nonfinite
+    return run
+
+
+def test_output_mismatch_from_the_recorded_configuration():
+    """The callback's run_info "model": each mismatch is named on a stall,
+    never a spike (an output that recovers could fit)."""
+    cases = [
+        ({"activation": "softmax", "units": 1}, {"name": "binary_crossentropy"}, "softmax over 1"),
+        ({"activation": "linear", "units": 10},
+         {"name": "categorical_crossentropy", "from_logits": False}, "expects probabilities"),
+        ({"activation": "sigmoid", "units": 1},
+         {"class": "BinaryCrossentropy", "from_logits": True}, "from_logits=True"),
+    ]
+    for output, loss, words in cases:
+        run = _stuck(_run())
+        run.info["model"] = {"output": {"layer": "d2", **output}, "loss": loss}
+        (a,) = analyze_run(run)
+        assert a["kind"] == "plateau", a
+        top = a["causes"][0]
+        assert top["cause"] == causes.OUTPUT_MISMATCH, (output, loss, a["causes"])
+        assert words in " ".join(top["evidence"]) and top["layer"] == "m/d2"
+        spike = _run()
+        spike.info["model"] = run.info["model"]
+        spike.glob[600:602, GLOBAL["loss"]] *= 500.0
+        (s,) = analyze_run(spike)
+        assert all(c["cause"] != causes.OUTPUT_MISMATCH for c in s["causes"])
+
+
+def test_output_mismatch_from_targets_beyond_every_prediction():
+    """A custom loop (no configuration): predictions pinned near 1 under
+    targets from 10 to 90 is an output that cannot reach them; class labels
+    against logits are no such evidence."""
+    run = _data(_stuck(_run()), targets=(10.0, 90.0, 50.0), preds=(0.98, 0.99, 0.985))
+    (a,) = analyze_run(run)
+    assert a["causes"][0]["cause"] == causes.OUTPUT_MISMATCH, a["causes"]
+    labels = _data(_stuck(_run()), targets=(0.0, 1.0, 0.1), preds=(-3.0, -0.5, -1.0))
+    (a,) = analyze_run(labels)
+    assert all(c["cause"] != causes.OUTPUT_MISMATCH for c in a["causes"])
+
+
+def test_a_constant_prediction_at_the_targets_mean_is_dead_units():
+    """Dead hidden units: every input gets the targets' mean (a stall at any
+    level, found from the predictions); beyond the targets it is the output's."""
+    run = _data(_run(), targets=(28.0, 44.0, 35.0), preds=(35.0, 35.0, 35.0))
+    run.glob[:200, GLOBAL["pred_min"]] = 30.0  # the units were alive before
+    (a,) = analyze_run(run)
+    assert (a["kind"], a["pattern"]) == ("plateau", "stall")
+    assert a["step"] <= 220
+    assert a["causes"][0]["cause"] == causes.DEAD_UNITS, a["causes"]
+    beyond = _data(_run(), targets=(-6.0, -1.0, -3.0), preds=(0.0, 0.0, 0.0))
+    beyond.glob[:200, GLOBAL["pred_max"]] = 1.0
+    (a,) = analyze_run(beyond)
+    assert a["causes"][0]["cause"] == causes.OUTPUT_MISMATCH, a["causes"]
+
+
+def test_nonfinite_input_from_the_data_and_not_without_it():
+    """NaN in the batch makes nonfinite_input (the backward NaN is the
+    data's); the same silent NaN with the data measured finite is born in
+    the backward pass."""
+    run = _data(_run(), inputs_nonfinite=0.0)
+    run.glob[500, GLOBAL["input_nonfinite"]] = 3
+    run.detail[500, 0, STAT["grad_nonfinite"]] = 7  # only the input kernel's
+    run.glob[500:, GLOBAL["nonfinite"]] = 7
+    (a,) = [x for x in analyze_run(run) if x["kind"] == "nonfinite"]
+    top = a["causes"][0]
+    assert top["cause"] == causes.NONFINITE_INPUT and top["confidence"] >= 0.9
+    grad = [c for c in a["causes"] if c["cause"] == causes.NONFINITE_GRADIENT]
+    assert not grad or grad[0]["confidence"] < 0.3
+    run.glob[500, GLOBAL["input_nonfinite"]] = 0  # the data was finite
+    (a,) = [x for x in analyze_run(run) if x["kind"] == "nonfinite"]
+    assert a["causes"][0]["cause"] == causes.NONFINITE_GRADIENT
+    assert all(c["cause"] != causes.NONFINITE_INPUT for c in a["causes"])
+
+
+def test_half_precision_adam_epsilon_and_not_in_float32():
+    opt = {"name": "Adam", "adam": True, "epsilon": 1e-7}
+    run = _run(optimizer=dict(opt, variable_dtype="float16"))
+    run.detail[500:, 1, STAT["moment_nonfinite"]] = 32
+    run.glob[500:, GLOBAL["nonfinite"]] = 32
+    (a,) = [x for x in analyze_run(run) if x["kind"] == "nonfinite"]
+    assert a["causes"][0]["cause"] == causes.ADAM_EPSILON
+    assert "float16" in " ".join(a["causes"][0]["evidence"])
+    run.info["optimizer"] = dict(opt, variable_dtype="float32")
+    (a,) = [x for x in analyze_run(run) if x["kind"] == "nonfinite"]
+    assert all(c["cause"] != causes.ADAM_EPSILON for c in a["causes"])
+
+
+def test_log_zero_not_in_a_keras_loss_nor_with_nan_data():
+    def nan_loss():
+        run = _run()
+        run.glob[500:, GLOBAL["loss"]] = np.nan
+        run.glob[495:500, GLOBAL["loss"]] *= np.arange(2, 7)  # rising before
+        return run
+    (a,) = analyze_run(nan_loss())
+    assert a["causes"][0]["cause"] == causes.LOG_ZERO
+    keras_loss = nan_loss()
+    keras_loss.info["model"] = {"loss": {"class": "CategoricalCrossentropy"}}
+    (a,) = analyze_run(keras_loss)
+    assert all(c["cause"] != causes.LOG_ZERO for c in a["causes"])
+    data = _data(nan_loss(), inputs_nonfinite=0.0)
+    data.glob[500, GLOBAL["input_nonfinite"]] = 1
+    (a,) = analyze_run(data)
+    assert a["causes"][0]["cause"] == causes.NONFINITE_INPUT
+    assert all(c["cause"] != causes.LOG_ZERO for c in a["causes"])
+
+
+def test_summed_loss_from_the_recorded_reduction_only_without_adam():
+    def blown(optimizer=None):
+        run = _run(optimizer=optimizer)
+        run.info["model"] = {"loss": {"class": "MeanSquaredError", "reduction": "sum"}}
+        run.glob[600:, GLOBAL["loss"]] = np.nan
+        return run
+    (a,) = analyze_run(blown())
+    assert a["causes"][0]["cause"] == causes.SUMMED_LOSS
+    (a,) = analyze_run(blown({"name": "Adam", "adam": True, "epsilon": 1e-7}))
+    assert all(c["cause"] != causes.SUMMED_LOSS for c in a["causes"])
+
+
+def test_instability_with_large_updates_is_the_learning_rate():
+    """The loss keeps returning far above its best, updates 5% of the
+    weights per step: the step size; the same curve with usual updates
+    names no cause."""
+    n = 3000
+    rng = np.random.default_rng(0)
+    run = _run(n=n)
+    walk = np.zeros(n)
+    for t in range(801, n):
+        walk[t] = 0.97 * walk[t - 1] + rng.normal(0, 0.12)
+    run.glob[800:, GLOBAL["loss"]] *= 10.0 ** (np.abs(walk[800:]) * 1.5 + 0.6)
+    run.glob[:, GLOBAL["update_ratio"]] = 0.05
+    found = analyze_run(run)
+    kinds = [a["kind"] for a in found]
+    assert "instability" in kinds or "plateau" in kinds, kinds
+    a = next(a for a in found if a["kind"] in ("instability", "plateau"))
+    assert a["causes"][0]["cause"] == causes.LEARNING_RATE, a["causes"]
+    run.glob[:, GLOBAL["update_ratio"]] = 1e-3
+    a = next(a for a in analyze_run(run) if a["kind"] in ("instability", "plateau"))
+    assert all(c["cause"] != causes.LEARNING_RATE for c in a["causes"])

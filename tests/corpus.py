@@ -690,6 +690,20 @@ def dead_negative_bias(logdir, seed=0, fix=False):
          optimizer=keras.optimizers.Adam(1e-3), batch=64, epochs=4)
 
 
+def saturated_sigmoid_units(logdir, seed=0, fix=False):
+    """Sigmoid hidden units with bias_initializer Constant(15), under fit:
+    every unit is pinned at 1 (slope ~3e-7), the hidden layer passes the
+    same constant features for every input, no gradient reaches its
+    weights and the loss sits at ln 10. Fix: zero bias init."""
+    rng = _seed(seed)
+    x, labels = _blobs(rng, 4096, 32, 10)
+    bias = "zeros" if fix else keras.initializers.Constant(15.0)
+    model = _mlp(32, [64], 10, activation="sigmoid", name="pinned", bias_initializer=bias)
+    _fit(logdir, model, x, _one_hot(labels, 10),
+         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+         optimizer=keras.optimizers.Adam(1e-3), batch=64, epochs=4)
+
+
 # --- bad_init
 
 
@@ -1072,6 +1086,10 @@ RUNS = {
         dead_negative_bias, "plateau", "negative_bias_init",
         "SO: all ReLU outputs zero, model predicts one class (negative bias initialisation)",
         "dead_units", "bias init Constant(-10) -> zeros"),
+    "saturated_sigmoid_units": _broken(
+        saturated_sigmoid_units, "plateau", "sigmoid_pinned_bias_init",
+        "SO: sigmoid hidden layer outputs all 1.0, the network predicts one class (saturated units)",
+        "dead_units", "bias init Constant(15) -> zeros"),
     "regression_dead_relu": _broken(
         regression_dead_relu, "plateau", "relu_killed_uncentred_targets",
         "SO: Keras regression loss stuck, every prediction the same value (dead ReLUs)",

@@ -1012,7 +1012,7 @@ RUNS = {
         "SO: cannot optimise with tf.reduce_sum() but can with tf.reduce_mean() (squared error, SGD diverges)",
         "summed_loss", "reduce_sum -> reduce_mean"),
     "summed_loss_fit": _broken(
-        summed_loss_fit, "divergence", "summed_reduction_fit",
+        summed_loss_fit, "nonfinite", "summed_reduction_fit",
         "GitHub keras: loss with reduction='sum' trains far worse than the mean with the same SGD lr",
         "summed_loss", "reduction='sum' -> 'sum_over_batch_size'"),
     # log_zero

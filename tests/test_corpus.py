@@ -1,18 +1,24 @@
 """The corpus (tests/corpus.py): small real runs, broken and healthy.
 
-The whole corpus is trained once per module (about two minutes on a 2-core
-CPU). Each broken run must raise an anomaly of the kind a person would
-point at first (`expect`); each healthy control must raise none; every
-anomaly must come with per-variable detail rows near its onset.
+The whole corpus, each broken run's contrast (the same run with its fix)
+and the controls, is trained once per module, in two worker processes
+(a few minutes on a 2-core CPU). Each broken run must raise an anomaly of
+the kind a person would point at first (`expect`) and name its true cause
+(`cause`; `unknown` where no known mechanism acted); each control and each
+contrast run must raise none; every anomaly must come with per-variable
+detail rows near its onset.
 
 To iterate on the detector without retraining:
     python tests/scripts/train_corpus.py /tmp/corpus_logs
 """
 
+import collections
+
 import corpus
 import pytest
 
 from tb_stability import analysis
+from tb_stability.analysis import causes
 
 KINDS = {"spike", "divergence", "nonfinite", "plateau", "instability"}
 BEFORE, AFTER = 32, 8  # the recorder's default detail_before / detail_after
@@ -22,9 +28,14 @@ BEFORE, AFTER = 32, 8  # the recorder's default detail_before / detail_after
 def trained(tmp_path_factory):
     """(report {run: entry}, {run: RunData}, {run: training seconds})."""
     logdir = str(tmp_path_factory.mktemp("corpus"))
-    times = corpus.train_all(logdir)
+    times = corpus.train_all(logdir, fixed=True, jobs=2)
     report = {r["run"]: r for r in analysis.report_logdir(logdir)["runs"]}
     return report, analysis.load_logdir(logdir), times
+
+
+def _fixed(name):
+    """The run directory of a broken run's contrast (`corpus.train_all(fixed=True)`)."""
+    return f"{name}-fixed"
 
 
 def _kinds(entry):
@@ -32,15 +43,27 @@ def _kinds(entry):
 
 
 def test_corpus_is_well_formed():
-    assert len(corpus.BROKEN) >= 12 and len(corpus.HEALTHY) >= 10
+    assert len(corpus.BROKEN) >= 40 and len(corpus.HEALTHY) >= 10
     for name, run in corpus.RUNS.items():
         assert run.expect is None or run.expect in KINDS, name
         assert run.family and run.source and "\n" not in run.source, name
+        if run.expect is None:
+            assert run.cause is None, name
+        else:
+            assert run.cause in causes.ALL, name
+            assert run.fix and "\n" not in run.fix, name
+    families = collections.defaultdict(set)
+    for run in corpus.BROKEN.values():
+        families[run.cause].add(run.family)
+    thin = {c: sorted(families[c]) for c in causes.ALL
+            if c != causes.UNKNOWN and len(families[c]) < 2}
+    assert not thin, f"cause ids without two corpus runs of different families: {thin}"
 
 
 def test_every_run_recorded(trained):
     report, runs, times = trained
-    assert sorted(report) == sorted(corpus.RUNS)
+    assert sorted(report) == sorted(
+        list(corpus.RUNS) + [_fixed(n) for n in corpus.BROKEN])
     for name, data in runs.items():
         assert len(data.steps) >= 100, name
     print("\ntraining seconds: " + ", ".join(f"{n} {t:.1f}" for n, t in times.items())
@@ -48,11 +71,7 @@ def test_every_run_recorded(trained):
 
 
 # Broken runs the detector cannot see yet, with why (strict: a fix shows).
-KNOWN_MISSES = {
-    "regression_dead_relu": "stalls at var(y) after the blow-up, its level also "
-                            "reached before it: only the targets' variance tells it "
-                            "is the constant prediction (target statistics, issue 16)",
-}
+KNOWN_MISSES = {}
 
 
 @pytest.mark.parametrize("name", [
@@ -83,6 +102,60 @@ def test_healthy_run_quiet(trained, name):
     report, _, _ = trained
     assert report[name]["anomalies"] == [], \
         f"{name}: false alarm(s) {_kinds(report[name])}"
+
+
+@pytest.mark.parametrize("name", sorted(corpus.BROKEN))
+def test_contrast_run_quiet(trained, name):
+    """The same run with its fix (`CorpusRun.fix`) raises nothing."""
+    report, _, _ = trained
+    fixed = report[_fixed(name)]
+    assert fixed["anomalies"] == [], \
+        f"{name} with its fix ({corpus.RUNS[name].fix}): {_kinds(fixed)}"
+
+
+def _judged(entry, expect):
+    """The anomaly a person points at first: the first of the expected kind."""
+    found = entry["anomalies"]
+    return next((a for a in found if a["kind"] == expect), found[0] if found else None)
+
+
+# A confidence at or above this is a claim; a wrong one is the worst answer.
+CONFIDENT = 0.6
+
+
+def test_attribution_confusion_matrix(trained):
+    """Top-1 cause against the true one, per anomaly kind, over the broken runs.
+
+    At least 90% right (an `unknown` label is right only as `unknown`), and
+    no confident wrong cause on any anomaly of a broken run.
+    """
+    report, _, _ = trained
+    matrix = collections.Counter()
+    right, wrong_confident, rows = [], [], []
+    for name, run in sorted(corpus.BROKEN.items()):
+        a = _judged(report[name], run.expect)
+        top = a["causes"][0] if a else {"cause": "(none)", "confidence": 0.0}
+        kind = a["kind"] if a else "(none)"
+        matrix[(kind, run.cause, top["cause"])] += 1
+        if top["cause"] == run.cause:
+            right.append(name)
+        rows.append(f"{name:32} {kind:12} {run.cause:20} {top['cause']:20} "
+                    f"{top['confidence']:.2f}")
+        for b in report[name]["anomalies"]:
+            c = b["causes"][0]
+            if c["confidence"] >= CONFIDENT and c["cause"] != run.cause:
+                wrong_confident.append((name, b["kind"], b["step"], c["cause"],
+                                        c["confidence"]))
+    print("\nrun                              kind         true                 top-1"
+          "                conf\n" + "\n".join(rows))
+    print("\nconfusion (kind, true, top-1): count")
+    for (kind, true, top), n in sorted(matrix.items()):
+        print(f"  {kind:12} {true:20} {top:20} {n}")
+    share = len(right) / len(corpus.BROKEN)
+    print(f"top-1 right: {len(right)}/{len(corpus.BROKEN)} = {share:.0%}; "
+          f"confident wrong: {wrong_confident}")
+    assert share >= 0.9
+    assert wrong_confident == []
 
 
 @pytest.mark.parametrize("name", sorted(corpus.RUNS))

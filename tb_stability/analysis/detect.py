@@ -43,7 +43,7 @@ MAX_NONFINITE = 20  # nonfinite anomalies reported per run, at most
 ENVELOPE = 9  # steps of the running maximum a spike train is split on
 QUIET_PASSES = 4  # baselines recomputed without the excursions, at most
 TRAIN_DROP = 0.5  # a spike of a train ends once its envelope fell half its height
-ONE_STEP_DROP = 0.9  # a one-step spike: 90 % of its height gone the next step
+ONE_STEP_DROP = 0.8  # a one-step spike: 80 % of its height gone the next step
 
 
 def _log10(loss):
@@ -91,23 +91,26 @@ def _recovered_at(y, b, first, rec):
     the median of the next block within `rec` too (one low point in a tail
     that swings by a decade from step to step is not a recovery). A short
     spike, back within `rec` for two steps within ENVELOPE steps of its
-    peak, or a one-step spike (its peak the step before, 90 % of its
-    height, in decades, gone), has recovered even if the loss rises again
-    right after (a bad batch, then the damage it did to the weights and
-    moments: two anomalies). None if the loss never recovers.
+    peak, or a one-step spike (its peak the step before, `ONE_STEP_DROP`
+    of its height, in decades, gone, even if not yet back within `rec`),
+    has recovered even if the loss rises again right after (a bad batch,
+    then the damage it did to the weights and moments: two anomalies).
+    None if the loss never recovers.
     """
     tail = np.where(np.isfinite(y[first:]), y[first:], -np.inf)
     highest = np.maximum.accumulate(tail)  # the peak so far, from `first` on
-    for k in np.flatnonzero(tail - b <= rec):
+    prev = np.concatenate([[-np.inf], tail[:-1]])
+    one_step = (prev >= highest) & (highest - tail >= ONE_STEP_DROP * (highest - b))
+    for k in np.flatnonzero((tail - b <= rec) | one_step):
         i = first + int(k)
         after = y[i + 1:i + 1 + BLOCK]
         after = after[np.isfinite(after)]
         if len(after) == 0 or np.median(after) - b <= rec:
             return i
         # A short spike: its peak within the last ENVELOPE steps, and the
-        # loss stays back the step after, or it fell from the peak by 90 %
-        # of its height in one step (a one-step spike; what follows is its
-        # damage, an anomaly of its own).
+        # loss stays back the step after, or it fell from the peak by
+        # ONE_STEP_DROP of its height in one step (a one-step spike; what
+        # follows is its damage, an anomaly of its own).
         if tail[max(k - ENVELOPE, 0):k + 1].max() >= highest[k] and (
                 y[i + 1] - b <= rec
                 or (k >= 1 and tail[k - 1] >= highest[k]

@@ -23,7 +23,11 @@ than one step; a one-step excursion is the batch's): a score starting at
   and the onset, over at least `EFF_MIN_ROWS` rows, + `EFF_STEP_BONUS`.
 
 Blamed when the score reaches `MIN_SCORE`; the confidence is the score,
-at most `MAX_CONFIDENCE`.
+at most `MAX_CONFIDENCE`. Mechanism check: not within
+`SHOCK_AFTERMATH_ROWS` after a gradient shock (the global gradient norm
+`SHOCK_JUMP` times its recent median: a bad batch fills v with its g², so
+v is inflated, not decayed), and a shock's own step is no RMS(g²/v̂)
+precursor.
 
 Half precision: with float16 variables (so float16 moments) an ε below
 float16's smallest normal number (`FLOAT16_TINY`, 6.1e-5) cannot keep the
@@ -41,12 +45,27 @@ import numpy as np
 from tb_stability.analysis import causes as C
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
-from tb_stability.analysis.evidence import LEAD_WINDOW, fmt, last_finite, rms_precursor_level
+from tb_stability.analysis.evidence import (
+    LEAD_WINDOW,
+    fmt,
+    grad_jump,
+    last_finite,
+    rms_precursor_level,
+)
 from tb_stability.metadata import STAT
 
 # Half precision: float16's smallest normal number, and the confidence.
 FLOAT16_TINY = 6.1e-5
 HALF_PRECISION_CONFIDENCE = 0.85
+
+# RMS(g²/v̂) above its level at a step whose global gradient norm jumped
+# this many times its median over the rows before is a gradient shock's.
+SHOCK_JUMP = 100
+SHOCK_HISTORY_ROWS = 32
+# A spike or divergence beginning at most this many rows after such a
+# shock is not this cause (v is inflated; `rules.sequel` carries the
+# shock's cause over).
+SHOCK_AFTERMATH_ROWS = 64
 
 # The score every candidate starts from.
 BASE_SCORE = 0.2
@@ -77,6 +96,20 @@ EFF_STEP_BONUS = 0.15
 # The score needed to blame the cause, and the most confidence it gets.
 MIN_SCORE = 0.45
 MAX_CONFIDENCE = 0.95
+
+
+def _shock_before(ctx: Context, i0: int) -> bool:
+    """Whether a gradient shock came within `SHOCK_AFTERMATH_ROWS` before row i0.
+
+    A shock: the global gradient norm `SHOCK_JUMP` times its median over
+    the `SHOCK_HISTORY_ROWS` rows before it. It fills v with its g², so for
+    about 1/(1-β2) steps after it v is inflated, not decayed.
+    """
+    grad = ctx.run.col("grad_norm")
+    for i in range(max(1, i0 - SHOCK_AFTERMATH_ROWS), i0 + 1):
+        if (grad_jump(grad, i, i, SHOCK_HISTORY_ROWS) or 0.0) >= SHOCK_JUMP:
+            return True
+    return False
 
 
 def _half_precision(ctx: Context) -> Optional[str]:
@@ -130,6 +163,12 @@ def _rms_crossing(ctx: Context, ip: int) -> Optional[Tuple[str, Optional[str], i
     if not np.any(np.isfinite(window)):
         return None
     above = np.flatnonzero(window > rms_precursor_level(rms, lo))
+    # A gradient shock (a bad batch) lifts g²/v̂ at its own step with v
+    # inflated, not decayed: not this cause's precursor.
+    grad = run.col("grad_norm")
+    above = [k for k in above
+             if not (grad_jump(grad, lo + int(k), lo + int(k), SHOCK_HISTORY_ROWS)
+                     or 0.0) >= SHOCK_JUMP]
     if not (len(above) and lo + above[0] < ip):
         return None
     cross = lo + int(above[0])
@@ -172,6 +211,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
             return make_cause(C.ADAM_EPSILON, HALF_PRECISION_CONFIDENCE, [half])
     if a.kind not in ("spike", "divergence"):
         return None
+    if _shock_before(ctx, ctx.idx(a.step)):
+        return None  # v was just inflated by a gradient shock: it cannot have decayed
     if a.end_step is not None and a.end_step - a.step <= 1:
         # Up for one step, back the next: the weights before and after were
         # both fine, so the batch, not the optimizer's step, made it.

@@ -13,7 +13,12 @@ measured, the same prediction for every input over the plateau
 (`stalls.constant_output`) near the targets' mean (within
 `MEAN_TOLERANCE` of the targets' range): the output layer learned the
 mean while the units feeding it are dead (`CONSTANT_OUTPUT_CONFIDENCE`;
-a constant prediction beyond the targets is `output_mismatch`). A stall at another level (pattern
+a constant prediction beyond the targets is `output_mismatch`). In a
+network too shallow for gradients to vanish through its depth (fewer
+than `vanishing_gradient.MIN_KERNELS` kernels), a first kernel whose
+window-mean gradient is below `SATURATED_RATIO` times the last kernel's
+and below `SATURATED_NORM` is a saturated hidden layer
+(`SATURATED_CONFIDENCE`, that kernel named). A stall at another level (pattern
 "stall") is this cause only with one of the supporting signals; frozen
 training (every gradient zero, or a constant loss) is not judged here: a
 mismatched output or loss does that too.
@@ -30,6 +35,7 @@ from tb_stability.analysis import stalls
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import fmt, nanmedian
+from tb_stability.analysis.rules import vanishing_gradient
 from tb_stability.metadata import STAT
 
 # Confidence of a plateau at ln C alone: below `attribute.MIN_CONFIDENCE`,
@@ -46,6 +52,10 @@ ZERO_GRADIENT_CONFIDENCE = 0.65
 # their mean, and its confidence.
 MEAN_TOLERANCE = 0.25
 CONSTANT_OUTPUT_CONFIDENCE = 0.65
+# A saturated hidden layer in a shallow network (see the module doc).
+SATURATED_RATIO = 1e-3
+SATURATED_NORM = 1e-4
+SATURATED_CONFIDENCE = 0.65
 
 _MEAN = metadata.WINDOW_AGGREGATES.index("mean")
 
@@ -84,6 +94,11 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
             evidence.append(f"The gradient of {variable} is exactly zero: its "
                             f"units are dead.")
             confidence = ZERO_GRADIENT_CONFIDENCE
+    saturated = _saturated(ctx, a.step)
+    if saturated is not None and variable is None:
+        variable, sentence = saturated
+        evidence.append(sentence)
+        confidence = max(confidence, SATURATED_CONFIDENCE)
     constant = _constant_at_mean(ctx, i)
     if constant is not None:
         evidence.append(constant)
@@ -110,3 +125,21 @@ def _constant_at_mean(ctx: Context, i: int) -> Optional[str]:
     return (f"Every input gets the same prediction ({fmt(pred)}), the targets' "
             f"mean ({fmt(mean)}): only the output's bias still learns; the units "
             f"feeding it are dead.")
+
+
+def _saturated(ctx: Context, step: int):
+    """(variable, sentence) of a saturated hidden layer in a shallow network, or None."""
+    run = ctx.run
+    if not (2 <= len(ctx.kernels) < vanishing_gradient.MIN_KERNELS) or not len(run.window_steps):
+        return None
+    w = min(int(np.searchsorted(run.window_steps, step)), len(run.window_steps) - 1)
+    means = run.window[w:, ctx.kernels, STAT["grad_norm"], _MEAN]
+    first, last = nanmedian(means[:, 0]), nanmedian(means[:, -1])
+    if not (np.isfinite(first) and np.isfinite(last) and last > 0 and first > 0):
+        return None
+    if first / last >= SATURATED_RATIO or first >= SATURATED_NORM:
+        return None
+    variable = ctx.name(ctx.kernels[0])
+    return variable, (f"The gradient of {variable} is {fmt(first)}, {fmt(first / last)}x "
+                      f"the output layer's: its units are saturated and pass no "
+                      f"gradient.")

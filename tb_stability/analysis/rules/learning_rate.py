@@ -19,7 +19,11 @@ Evidence for a spike, a divergence or a non-finite loss, any of
   a straight line in log space: R² at least `GEOMETRIC_MIN_R2`): the
   step is past the surface's stability limit, lr·λ > 2 along the
   steepest direction (`GEOMETRIC_CONFIDENCE`). Under Adam a geometric rise
-  is `adam_epsilon`'s signal, not this one.
+  is `adam_epsilon`'s signal, not this one. For a non-finite loss the rise
+  is the one that ran into it: the loss rising on every row up to the
+  last finite one, for at least `OVERFLOW_MIN_ROWS` rows and
+  `OVERFLOW_MIN_DECADES` decades (a loss that grew into overflow, each
+  step amplifying the last one's error; it may accelerate).
 
 Evidence for a stall (`plateau`, not frozen) or an `instability`, either of
 
@@ -63,6 +67,11 @@ GEOMETRIC_MIN_FACTOR = 1.05
 GEOMETRIC_MIN_ROWS = 8
 GEOMETRIC_MIN_R2 = 0.9
 GEOMETRIC_CONFIDENCE = 0.55
+# A non-finite loss after a geometric rise: the rows looked back over, the
+# fewest rows of the rise, and how many decades it must climb.
+OVERFLOW_LOOKBACK_ROWS = 64
+OVERFLOW_MIN_ROWS = 4
+OVERFLOW_MIN_DECADES = 3.0
 # Stalls and instability: a blow-up before them (x above the best so far).
 BLOWUP_RISE = 3.0
 BLOWUP_LR_CONFIDENCE = 0.7
@@ -94,7 +103,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         if growth is not None:
             factor, first, last = growth
             evidence.append(
-                f"The loss grew by a near-constant x{factor:.3g} per step from step "
+                f"The loss grew by {'a near-constant ' if a.kind != 'nonfinite' else ''}"
+                f"x{factor:.3g} per step from step "
                 f"{first} to {last} at a constant learning rate of "
                 f"{fmt(run.col('learning_rate')[i0])}: the step is past the "
                 f"stability limit of the surface (lr·λ > 2).")
@@ -143,6 +153,8 @@ def geometric_rise(ctx: Context, a: Anomaly) -> Optional[Tuple[float, int, int]]
     """
     run = ctx.run
     i0, ip = ctx.idx(a.step), ctx.idx(a.peak_step)
+    if a.kind == "nonfinite":  # the rise that ran into it
+        return _overflow_rise(ctx, i0)
     loss = ctx.loss[i0:ip + 1]
     steps = run.steps[i0:ip + 1].astype(np.float64)
     ok = np.isfinite(loss) & (loss > 0)
@@ -161,6 +173,32 @@ def geometric_rise(ctx: Context, a: Anomaly) -> Optional[Tuple[float, int, int]]
     if len(lr) and lr.max() > LR_RISE * lr.min():
         return None  # a schedule moved the step: not one constant lr
     return float(10.0 ** slope), int(x[0]), int(x[-1])
+
+
+def _overflow_rise(ctx: Context, i0: int) -> Optional[Tuple[float, int, int]]:
+    """(mean factor per step, first step, last step) of the run-up to row i0's overflow."""
+    run = ctx.run
+    lo = max(0, i0 - OVERFLOW_LOOKBACK_ROWS)
+    before = ctx.loss[lo:i0]
+    finite = np.flatnonzero(np.isfinite(before) & (before > 0))
+    if not len(finite):
+        return None
+    last = lo + int(finite[-1])
+    first = last
+    while first > lo and np.isfinite(ctx.loss[first - 1]) and \
+            0 < ctx.loss[first - 1] < ctx.loss[first]:
+        first -= 1
+    if last - first + 1 < OVERFLOW_MIN_ROWS:
+        return None
+    decades = float(np.log10(ctx.loss[last] / ctx.loss[first]))
+    if decades < OVERFLOW_MIN_DECADES:
+        return None
+    lr = run.col("learning_rate")[first:last + 1]
+    lr = lr[np.isfinite(lr)]
+    if len(lr) and lr.max() > LR_RISE * lr.min():
+        return None
+    steps = int(run.steps[last] - run.steps[first])
+    return float(10.0 ** (decades / max(steps, 1))), int(run.steps[first]), int(run.steps[last])
 
 
 def _stalled(ctx: Context, a: Anomaly) -> Optional[Cause]:

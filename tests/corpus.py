@@ -592,32 +592,9 @@ def one_feature_other_units(logdir, seed=0, fix=False):
 
 
 # --- exploding_gradient
-
-
-def exploding_rnn_cliff(logdir, seed=0, fix=False):
-    """Pascanu's cliff (as tests/scenarios.exploding_gradient): a tanh RNN,
-    plain SGD, no clipping, on a 30-step memory task. The RNN learns by
-    growing attractors; late in training one sequence near a basin boundary
-    carries the RNN layer's gradient ~1e3x above its recent level while the
-    dense layers' barely move, the SGD step throws the recurrent weights and
-    the loss spikes by decades. Fix: clipnorm=1.0."""
-    steps, length, classes, batch = 600, 30, 4, 64
-    rng = _seed(seed)
-
-    def batches(step):
-        xb = 0.2 * rng.normal(size=(batch, length, classes)).astype(np.float32)
-        yb = _one_hot(rng.integers(0, classes, batch), classes)
-        xb[:, 0, :] += 3.0 * yb
-        return xb, yb
-
-    model = keras.Sequential([
-        keras.Input((length, classes)),
-        keras.layers.SimpleRNN(16, use_bias=False, name="rnn", recurrent_initializer=(
-            keras.initializers.Orthogonal(1.0, seed=seed))),
-        keras.layers.Dense(16, activation="tanh", name="hidden"),
-        keras.layers.Dense(classes, name="logits")], name="cliff")
-    opt = keras.optimizers.SGD(0.05, clipnorm=1.0 if fix else None)
-    return _loop(logdir, model, opt, _xent, batches, steps)
+# (Pascanu's cliff, a tanh RNN under SGD whose gradient bursts late in
+# training, is left out: where and whether the burst comes is chaotic, at
+# steps 252-567, 92 or 156 and not at all across seeds.)
 
 
 def exploding_relu_rnn(logdir, seed=0, fix=False):
@@ -1064,10 +1041,6 @@ RUNS = {
         "SO: Keras regression loss nan with SGD, one feature (price/income) in the tens of thousands",
         "unnormalized_inputs", "the income feature standardised"),
     # exploding_gradient
-    "exploding_rnn_cliff": _broken(
-        exploding_rnn_cliff, "spike", "rnn_cliff",
-        "SO: SimpleRNN loss suddenly explodes late in training without gradient clipping (Pascanu et al.)",
-        "exploding_gradient", "SGD clipnorm=1.0"),
     "exploding_relu_rnn": _broken(
         exploding_relu_rnn, "nonfinite", "relu_rnn_no_clipping",
         "SO: SimpleRNN with relu activation, loss becomes inf/nan after the first batches (no clipnorm)",
@@ -1230,7 +1203,6 @@ HEALTHY = {k: v for k, v in RUNS.items() if v.expect is None}
 # Rough training seconds of the slow runs on a 2-core CPU (one thread), to
 # split the work between workers; the others take about _COST_DEFAULT.
 _COST = {"adam_epsilon_exact_fit": 12.0, "adam_epsilon_exact_fit-fixed": 8.0,
-         "exploding_rnn_cliff": 7.0, "exploding_rnn_cliff-fixed": 7.0,
          "exploding_relu_rnn-fixed": 5.0,
          "spike_train": 5.0, "spike_train-fixed": 5.0, "blowup_then_stall": 5.0,
          "blowup_then_stall-fixed": 5.0, "ok_cosine_restarts": 5.0,

@@ -15,6 +15,7 @@ To iterate on the detector without retraining:
 import collections
 
 import corpus
+import numpy as np
 import pytest
 
 from tb_stability import analysis
@@ -73,7 +74,9 @@ def test_every_run_recorded(trained):
     assert sorted(report) == sorted(
         list(corpus.RUNS) + [_fixed(n) for n in corpus.BROKEN])
     for name, data in runs.items():
-        assert len(data.steps) >= 100, name
+        # At least 100 steps, or the loop stopped on 20 non-finite steps.
+        stopped = not np.isfinite(data.col("loss")[-1])
+        assert len(data.steps) >= 100 or stopped, name
     print("\ntraining seconds: " + ", ".join(f"{n} {t:.1f}" for n, t in times.items())
           + f"; total {sum(times.values()):.1f}")
 

@@ -138,7 +138,8 @@ def update_ratio(ctx: Context, lo: int, hi: int) -> Optional[float]:
         return None
     momentum = float(run.optimizer.get("momentum", 0.0) or 0.0)
     lr = run.col("learning_rate")[lo:hi] / max(1.0 - momentum, 1e-3)
-    est = lr * run.col("grad_norm")[lo:hi] / run.col("weight_norm")[lo:hi]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        est = lr * run.col("grad_norm")[lo:hi] / run.col("weight_norm")[lo:hi]
     est = est[np.isfinite(est)]
     return float(np.median(est)) if len(est) else None
 

@@ -90,6 +90,39 @@ def test_loss_is_per_step_not_the_running_mean(logdir):
     assert hist.history["loss"][0] < loss[5] / 5  # the epoch mean smears it
 
 
+class CustomStep(keras.Sequential):
+    """Keras's guide to customising fit: compute_loss, then optimizer.apply
+    (no optimizer.scale_loss)."""
+
+    def train_step(self, data):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return {"loss": loss}
+
+
+def test_custom_train_step_without_scale_loss_records_its_loss(logdir):
+    """The loss comes from the model's compute_loss: not NaN, no false anomaly."""
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = CustomStep([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                        keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0,
+              callbacks=[tb_stability.keras.StabilityCallback(logdir)])
+    steps, rows = global_table(read_run(logdir))
+    loss = rows[:, G["loss"]]
+    assert len(steps) == 32 and np.all(np.isfinite(loss))
+    assert loss[-1] < loss[0]
+    (run,) = tb_stability.analysis.report_logdir(logdir)["runs"]
+    assert all(a["kind"] != "nonfinite" for a in run["anomalies"]), run["anomalies"]
+
+
 def test_two_fit_calls_continue_steps(logdir):
     x, y = _data()
     model = _model()

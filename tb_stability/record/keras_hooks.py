@@ -203,7 +203,7 @@ class Instrumentation:
             self._record(grads, variables, weights_before, scale)
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
-        self._captured.loss = None
+        self._captured.loss = self._captured.computed_loss = None
         self._captured.x = self._captured.y = self._captured.y_pred = None
         self._captured.batch = None
         self._captured.scale = None
@@ -255,10 +255,12 @@ class Instrumentation:
                   else rec.order_grads(weights_before, variables))
         loss = self._take("loss")
         if loss is None:
+            loss = self._take("computed_loss")  # a custom train_step's
+        if loss is None:
             warn_once(
                 "no-loss",
-                "tb_stability: train_step did not call optimizer.scale_loss; "
-                "the per-step loss is recorded as NaN.",
+                "tb_stability: train_step called neither optimizer.scale_loss "
+                "nor model.compute_loss; the per-step loss is recorded as NaN.",
             )
             loss = tf.constant(float("nan"))
         batch = self._take("batch")
@@ -277,26 +279,33 @@ class Instrumentation:
 
     def _make_compute_loss_hook(self, model):
         def compute_loss(*args, **kwargs):
+            training = False
             if not self.disabled:
                 try:
-                    self._capture_data(args, kwargs)
+                    training = self._capture_data(args, kwargs)
                 except Exception:  # pylint: disable=broad-except
                     self._captured.x = self._captured.y = None
                     self._captured.y_pred = None
-            return self.original(model, "compute_loss")(*args, **kwargs)
+            result = self.original(model, "compute_loss")(*args, **kwargs)
+            if training:
+                # The step's loss when a custom train_step never calls
+                # optimizer.scale_loss (Keras's guide to customising fit).
+                self._captured.computed_loss = result
+            return result
 
         return compute_loss
 
     def _capture_data(self, args, kwargs):
-        """Keeps x, y and y_pred of a training call of `compute_loss`."""
+        """Keeps x, y and y_pred of a training call of `compute_loss` (True if one)."""
         names = ("x", "y", "y_pred", "sample_weight", "training")
         bound = dict(zip(names, args))
         bound.update({k: v for k, v in kwargs.items() if k in names})
         if bound.get("training", True) is False:
-            return  # test_step
+            return False  # test_step
         self._captured.x = bound.get("x")
         self._captured.y = bound.get("y")
         self._captured.y_pred = bound.get("y_pred")
+        return True
 
     def _make_tracker_hook(self, tracker):
         def update_state(values, sample_weight=None, **kwargs):

@@ -26,8 +26,7 @@ Blamed when the score reaches `MIN_SCORE`; the confidence is the score,
 at most `MAX_CONFIDENCE`. Mechanism check: not within
 `SHOCK_AFTERMATH_ROWS` after a gradient shock (the global gradient norm
 `SHOCK_JUMP` times its recent median: a bad batch fills v with its g², so
-v is inflated, not decayed), and a shock's own step is no RMS(g²/v̂)
-precursor.
+v is inflated, not decayed).
 
 Half precision: with float16 variables (so float16 moments) an ε below
 float16's smallest normal number (`FLOAT16_TINY`, 6.1e-5) cannot keep the
@@ -163,12 +162,6 @@ def _rms_crossing(ctx: Context, ip: int) -> Optional[Tuple[str, Optional[str], i
     if not np.any(np.isfinite(window)):
         return None
     above = np.flatnonzero(window > rms_precursor_level(rms, lo))
-    # A gradient shock (a bad batch) lifts g²/v̂ at its own step with v
-    # inflated, not decayed: not this cause's precursor.
-    grad = run.col("grad_norm")
-    above = [k for k in above
-             if not (grad_jump(grad, lo + int(k), lo + int(k), SHOCK_HISTORY_ROWS)
-                     or 0.0) >= SHOCK_JUMP]
     if not (len(above) and lo + above[0] < ip):
         return None
     cross = lo + int(above[0])

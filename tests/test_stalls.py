@@ -158,3 +158,16 @@ def test_silent_nonfinite_has_its_pattern():
     loss[250] = np.nan
     found = detect_anomalies(np.arange(n), loss)
     assert _kinds(found) == [("nonfinite", "loss")]
+
+
+def test_a_batch_of_one_is_no_constant_output():
+    """Predictions over a batch of one example never vary: no sign of a
+    dead model, so a converged run stays quiet; the same run whose
+    predictions varied and then stopped is a stall."""
+    n = 2000
+    loss = _descent(n, 2.0, 1e-2, 0, decay=100.0)
+    assert detect_anomalies(np.arange(n), loss, pred_spread=np.zeros(n)) == []
+    spread = np.where(np.arange(n) < 600, 0.3, 0.0)
+    kinds = [(a.kind, a.pattern) for a in
+             detect_anomalies(np.arange(n), loss, pred_spread=spread)]
+    assert ("plateau", "stall") in kinds

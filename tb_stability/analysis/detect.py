@@ -179,8 +179,12 @@ def _hovered(steps, y, spike, onset, floor):
     step between was over 2x above the level), or the median from the
     spike's end to `onset` stays more than ONSET above the baseline: the
     spike never settled, so a divergence from `onset` is the same blow-up,
-    and the spike its first rise.
+    and the spike its first rise. Never for a one-step spike, back the step
+    after its peak: that was one batch, and what rises after it is its
+    damage, an anomaly of its own.
     """
+    if spike.end_step - spike.peak_step <= 1:
+        return False  # a one-step spike (a batch), back the step after its peak
     e = int(np.searchsorted(steps, spike.end_step))
     if onset <= max(e, floor):
         return True

@@ -116,11 +116,16 @@ def constant_output(pred_spread, lo, hi):
     `pred_spread`: [n] of (max - min) / max(1, |mean|) of the predictions
     over each step's batch, NaN where not measured; True when at least
     `CONSTANT_OUTPUT_SHARE` of the measured rows (and at least one) are
-    below `CONSTANT_OUTPUT_RTOL`.
+    below `CONSTANT_OUTPUT_RTOL`, and the predictions varied over a batch
+    before `lo` (a batch of one example, or a planted table, never varies:
+    no sign of anything).
     """
     if pred_spread is None:
         return False
-    x = np.asarray(pred_spread, np.float64)[lo:hi]
+    full = np.asarray(pred_spread, np.float64)
+    if not np.any(full[:lo] > CONSTANT_OUTPUT_RTOL):
+        return False
+    x = full[lo:hi]
     x = x[np.isfinite(x)]
     return bool(len(x) and np.mean(x <= CONSTANT_OUTPUT_RTOL) >= CONSTANT_OUTPUT_SHARE)
 
@@ -129,7 +134,7 @@ def constant_suffix(pred_spread, stop, min_rows):
     """The first row of the stretch to `stop` where the output is constant, or None.
 
     The stretch after the last measured row whose predictions varied; it
-    must hold `min_rows` rows or more.
+    must hold `min_rows` rows or more. None when they never varied.
     """
     if pred_spread is None:
         return None
@@ -138,7 +143,9 @@ def constant_suffix(pred_spread, stop, min_rows):
     if not measured.any():
         return None
     varied = np.flatnonzero(measured & (x > CONSTANT_OUTPUT_RTOL))
-    first = int(varied[-1]) + 1 if len(varied) else int(np.flatnonzero(measured)[0])
+    if not len(varied):
+        return None  # never varied: a batch of one example, not a dead model
+    first = int(varied[-1]) + 1
     return first if stop - first >= min_rows else None
 
 

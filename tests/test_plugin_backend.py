@@ -194,6 +194,89 @@ def test_nonfinite_values_are_encoded_explicitly(tmp_path):
     assert "NaN" in detail["global"]["series"]["loss"]
 
 
+def _sparse_run(logdir):
+    """A run measured every 8th step (stats_every=8): the statistics are NaN
+    on the steps between, and really NaN on steps 120-123, where variable 1's
+    gradient holds NaN entries (its count is positive) and the loss is NaN."""
+    import tensorflow as tf
+
+    from tb_stability import metadata, summary
+
+    n, G = 160, len(metadata.GLOBAL_COLUMNS)
+    S = {c: i for i, c in enumerate(metadata.STAT_COLUMNS)}
+    gc = {c: i for i, c in enumerate(metadata.GLOBAL_COLUMNS)}
+    glob = np.ones([n, G], np.float32)
+    glob[:, gc["loss"]] = 1 + 0.01 * np.random.default_rng(1).random(n)
+    glob[:, gc["flags"]] = glob[:, gc["nonfinite"]] = 0
+    glob[:, gc["loss_scale"]] = np.nan
+    measured = (np.arange(n) % 8 == 0) | (np.arange(n) >= 120)
+    for c in ("rms_ratio_max", "update_ratio", "weight_norm", "eff_step_max"):
+        glob[~measured, gc[c]] = np.nan
+    glob[120:124, gc["loss"]] = np.nan
+    glob[120:124, gc["nonfinite"]] = 5
+    glob[120:124, gc["rms_ratio_max"]] = np.nan
+    info = {"optimizer": {"name": "Adam", "adam": True, "epsilon": 1e-7},
+            "variables": [{"name": "m/d/kernel", "shape": [4, 4]},
+                          {"name": "m/d/bias", "shape": [4]}],
+            "window": 256, "detail_before": 32, "detail_after": 8, "stats_every": 8}
+    with tf.summary.create_file_writer(logdir).as_default():
+        summary.run_info(None, info, step=0)
+        offsets = (np.arange(n) - (n - 1)).astype(np.float32)[:, None]
+        summary.global_rows(None, np.concatenate([offsets, glob], 1), step=n - 1)
+        summary.layers_window(None, np.ones([2, len(S), 2], np.float32), step=n - 1)
+        for step in range(80, n):
+            row = np.ones([2, len(S)], np.float32)
+            row[:, [S["grad_nonfinite"], S["weight_nonfinite"], S["moment_nonfinite"]]] = 0
+            if not measured[step]:
+                for c in S:
+                    if c not in ("grad_norm", "grad_nonfinite", "weight_nonfinite",
+                                 "moment_nonfinite"):
+                        row[:, S[c]] = np.nan
+            if 120 <= step < 124:
+                row[1, S["grad_nonfinite"]] = 4
+                row[1, [S["grad_norm"], S["rms_ratio"], S["update_ratio"]]] = np.nan
+            summary.layers_detail(None, row, step=step)
+
+
+def test_unmeasured_is_null_and_real_nan_is_the_string(tmp_path):
+    """stats_every leaves NaN on the steps between measurements: the routes
+    send those as null ("not measured"), and "NaN" only where a value
+    really was NaN (issue 18: the heatmap painted unmeasured cells as NaN)."""
+    _sparse_run(str(tmp_path / "sparse"))
+    client = wtest.Client(tensorboard_app(tmp_path)[0])
+    nonfinite = [a for a in _json(client, "/timeline", run="sparse", width="1000")["anomalies"]
+                 if a["kind"] == "nonfinite"]
+    assert nonfinite and nonfinite[0]["step"] == 120
+    data = _json(client, "/anomaly", run="sparse", step="120")
+    ev = data["evidence"]
+    steps = ev["steps"]
+    rms = ev["stats"]["rms_ratio"]
+    for j, step in enumerate(steps):
+        real = 120 <= step < 124
+        measured = step % 8 == 0 or step >= 120
+        assert rms[0][j] == (1.0 if measured else None), (step, rms[0][j])
+        assert rms[1][j] == ("NaN" if real else 1.0 if measured else None), (step, rms[1][j])
+        assert ev["stats"]["grad_norm"][1][j] == ("NaN" if real else 1.0)
+    series = data["global"]["series"]
+    for step, loss, rmax, lr_scale in zip(data["global"]["steps"], series["loss"],
+                                          series["rms_ratio_max"], series["loss_scale"]):
+        real = 120 <= step < 124
+        assert lr_scale is None  # no loss scaling: never "NaN"
+        assert (loss == "NaN") == real
+        if real:
+            assert rmax == "NaN"
+        elif step % 8 and step < 120:
+            assert rmax is None, step
+    # the timeline: a bucket of one unmeasured step is null, a real NaN "NaN"
+    tl = _json(client, "/timeline", run="sparse", width="1000")
+    rmax = dict(zip(tl["step_min"], tl["series"]["rms_ratio_max"]["max"]))
+    assert rmax[3] is None and rmax[8] == 1.0 and rmax[121] == "NaN"
+    assert "NaN" not in json.dumps(tl["series"]["rms_ratio_max"]["max"][:120])
+    # wide buckets mixing measured and unmeasured steps keep the measured value
+    coarse = _json(client, "/timeline", run="sparse", width="20")
+    assert None not in coarse["series"]["rms_ratio_max"]["max"]
+
+
 def test_analysis_is_recomputed_when_new_data_arrives(tmp_path):
     """A run still training: new windows (and a new spike) show up without
     restarting TensorBoard; unchanged data is served from the cache.
@@ -313,6 +396,13 @@ def test_bucket_starts_by_step_range():
     sparse = np.array([0, 1, 2, 1000, 1001])
     assert list(payloads.bucket_starts(sparse, 2)) == [0, 3]
     assert list(payloads.bucket_starts(sparse, 10)) == [0, 1, 2, 3, 4]
+
+
+def test_encode_measured():
+    a = np.array([[1.0, np.nan, np.nan, np.inf]])
+    assert payloads.encode_measured(a, [[False, False, True, False]]) == \
+        [[1.0, None, "NaN", "Infinity"]]
+    assert payloads.encode_measured([np.nan, -np.inf], False) == [None, "-Infinity"]
 
 
 def test_encode_array():

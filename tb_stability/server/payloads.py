@@ -7,6 +7,12 @@ documented in `http_api.md`. No TensorFlow, no TensorBoard.
 Non-finite numbers are encoded explicitly, never as bare NaN/Infinity
 (which JSON does not have): a float that is NaN becomes the string "NaN",
 +inf "Infinity", -inf "-Infinity"; `null` means "no value recorded".
+
+The writer stores NaN both for "not measured on this step" (`stats_every`,
+Adam columns under SGD) and for a value that really was NaN. The per-step
+routes tell them apart (`encode_measured`): a NaN is real where the step's (or
+the variable's) non-finite counts are positive, or in a column measured on
+every step (the loss, the gradient norms); anywhere else it is `null`.
 """
 
 import math
@@ -70,6 +76,81 @@ def encode_array(a) -> list:
             return [fix(x) for x in v]
         return v if math.isfinite(v) else encode_float(v)
     return fix(out)
+
+
+# Columns measured on every step: a NaN there is a NaN value.
+EVERY_STEP_GLOBAL = ("loss", "grad_norm")
+EVERY_STEP_STATS = ("grad_norm", "grad_nonfinite", "weight_nonfinite", "moment_nonfinite")
+# Columns that are never a measurement of the training's numbers: NaN there
+# is always "not recorded" (no learning rate given, no loss scaling, no data).
+NEVER_NAN_GLOBAL = ("learning_rate", "batch_size", "loss_scale") + metadata.DATA_COLUMNS
+# Adam's own statistics: NaN ("not recorded") under other optimizers.
+ADAM_STATS = ("mu_rms", "nu_sqrt_rms", "rms_ratio", "eff_step_max",
+              "sqrt_nu_over_eps_median")
+ADAM_GLOBAL = ("rms_ratio_max", "eff_step_max")
+
+
+def encode_measured(a, real_nan) -> list:
+    """Like `encode_array`, but a NaN is "NaN" only where `real_nan` is True.
+
+    `real_nan` is a bool array broadcast to `a`'s shape; a NaN where it is
+    False is `null` (not measured). Infinities are always values.
+    """
+    a = np.asarray(a, np.float64)
+    out = a.tolist()
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return out
+    real = np.broadcast_to(np.asarray(real_nan, bool), a.shape)
+    if a.ndim == 0:
+        return encode_float(out) if (not math.isnan(out) or bool(real)) else None
+    for idx in zip(*np.nonzero(bad)):
+        v = a[idx]
+        enc = encode_float(v) if (not math.isnan(v) or real[idx]) else None
+        if a.ndim == 1:
+            out[idx[0]] = enc
+        else:
+            row = out
+            for i in idx[:-1]:
+                row = row[i]
+            row[idx[-1]] = enc
+    return out
+
+
+def global_real_nan(run: RunData, rows) -> np.ndarray:
+    """[len(rows)] whether global row `rows[i]` had a non-finite value.
+
+    Its `nonfinite` count positive or its loss not finite: a NaN in a
+    column measured on that step is a NaN value.
+    """
+    count = np.nan_to_num(run.glob[rows, GLOBAL["nonfinite"]])
+    return (count > 0) | ~np.isfinite(run.glob[rows, GLOBAL["loss"]])
+
+
+def global_nan_mask(run: RunData, name: str, row_real: np.ndarray) -> np.ndarray:
+    """Where a NaN of global column `name` is a value (see the module doc)."""
+    if name in NEVER_NAN_GLOBAL or (name in ADAM_GLOBAL and not run.is_adam):
+        return np.zeros_like(row_real)
+    if name in EVERY_STEP_GLOBAL or name in ("nonfinite", "flags"):
+        return np.ones_like(row_real)
+    return row_real
+
+
+def stat_nan_mask(run: RunData, rows: np.ndarray, name: str) -> np.ndarray:
+    """[k, vars] where a NaN of statistic `name` in `rows` is a value.
+
+    `rows` is [k, vars, stats]: where the variable's own non-finite counts
+    are positive, or everywhere for a statistic measured on every step.
+    """
+    shape = rows.shape[:2]
+    if name in ADAM_STATS and not run.is_adam:
+        return np.zeros(shape, bool)
+    if name in EVERY_STEP_STATS:
+        return np.ones(shape, bool)
+    real = np.zeros(shape, bool)
+    for count in ("grad_nonfinite", "weight_nonfinite", "moment_nonfinite"):
+        real |= np.nan_to_num(rows[:, :, STAT[count]]) > 0
+    return real
 
 
 def encode_json(value):
@@ -137,6 +218,7 @@ def timeline(run: RunData, anomalies: List[Dict], width: int,
     starts = bucket_starts(steps, width)
     ends = np.concatenate([starts[1:], [len(steps)]])[:len(starts)] - 1
     series = {}
+    row_real = global_real_nan(run, slice(lo, hi))
     for name in TIMELINE_SERIES:
         col = run.col(name)[lo:hi]
         if not len(col):
@@ -144,8 +226,13 @@ def timeline(run: RunData, anomalies: List[Dict], width: int,
         if not len(col) or not np.any(~np.isnan(col)):
             continue  # never recorded (e.g. loss_scale without mixed precision)
         # fmin/fmax skip NaN (a NaN-only bucket stays NaN); inf is kept.
-        series[name] = {"min": encode_array(np.fmin.reduceat(col, starts)),
-                        "max": encode_array(np.fmax.reduceat(col, starts))}
+        # A NaN-only bucket is "NaN" when one of its NaN was a value, else
+        # null (nothing measured in it).
+        real = np.logical_or.reduceat(
+            np.isnan(col) & global_nan_mask(run, name, row_real), starts) \
+            if len(starts) else np.zeros(0, bool)
+        series[name] = {"min": encode_measured(np.fmin.reduceat(col, starts), real),
+                        "max": encode_measured(np.fmax.reduceat(col, starts), real)}
     loss = run.col("loss")[lo:hi]
     nonfinite = (~np.isfinite(loss)) | (np.nan_to_num(run.col("nonfinite")[lo:hi]) > 0)
     flags = np.nan_to_num(run.col("flags")[lo:hi]).astype(np.int64)
@@ -340,9 +427,14 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     for name in ANOMALY_STATS:
         if rows.ndim == 3 and len(steps):
             # variables x steps, only the served rows
-            stats[name] = encode_array(rows[:, served, STAT[name]].T)
+            sub = rows[:, served]
+            stats[name] = encode_measured(sub[:, :, STAT[name]].T,
+                                          stat_nan_mask(run, sub, name).T)
     rows_idx = _global_rows(run, anomaly, steps)
-    glob = {name: encode_array(run.glob[rows_idx, GLOBAL[name]]) for name in ANOMALY_GLOBAL}
+    row_real = global_real_nan(run, rows_idx)
+    glob = {name: encode_measured(run.glob[rows_idx, GLOBAL[name]],
+                                  global_nan_mask(run, name, row_real))
+            for name in ANOMALY_GLOBAL}
     top_variable = causes[0].get("variable") if causes else None
     top_index = first_index.get(top_variable) if isinstance(top_variable, str) else None
     # The matrices and series are encoded already (encode_array): only the

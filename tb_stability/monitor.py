@@ -15,6 +15,7 @@ gradients (after `apply_gradients`), including under `jit_compile=True`; see
 
 import logging
 
+import numpy as np
 import tensorflow as tf
 
 from tb_stability.config import RecorderConfig
@@ -69,6 +70,7 @@ class Monitor:
         if input_features is None and model is not None and tf.distribute.has_strategy():
             self._input_features = model_description.input_features(model)
         self._recorder = None
+        self._push_fn = None  # the compiled push of eager record() calls
         self._pending = 0
         self._disabled = False
         if not self.variables:
@@ -158,10 +160,39 @@ class Monitor:
                 "input_features=; per-feature input statistics are not "
                 "recorded.",
             )
-        count = rec.push(loss, gradients, batch_size=batch_size,
-                         inputs=inputs, targets=targets,
-                         predictions=predictions, step=step)
+        if tf.executing_eagerly() and not tf.distribute.has_strategy():
+            # Called from Python: run the step's work as one compiled call
+            # (traced once per input signature), not op by op.
+            count = self._compiled_push()(
+                _as_tensor(step, tf.int64), tf.convert_to_tensor(loss),
+                [_as_tensor(g) for g in gradients], _as_tensor(batch_size),
+                _tensors(inputs), _tensors(targets), _tensors(predictions))
+        else:
+            count = rec.push(loss, gradients, batch_size=batch_size,
+                             inputs=inputs, targets=targets,
+                             predictions=predictions, step=step)
         self._write_when_due(rec, count, replicas)
+
+    def _compiled_push(self):
+        """`Recorder.push` as a `tf.function`, made on first use.
+
+        The graph it traces is the one an in-graph `record` adds to the
+        user's step, so eager and in-graph calls write the same rows.
+        `reduce_retracing`: a batch of another size (the last one) makes
+        the shapes generic instead of tracing once per size.
+        """
+        if self._push_fn is None:
+            rec = self._recorder
+
+            def push(step, loss, gradients, batch_size, inputs, targets,
+                     predictions):
+                return rec.push(loss, gradients, batch_size=batch_size,
+                                inputs=inputs, targets=targets,
+                                predictions=predictions, step=step)
+
+            self._push_fn = tf.function(push, reduce_retracing=True,
+                                        autograph=False)
+        return self._push_fn
 
     def _write_when_due(self, rec, count, replicas):
         """Flushes once per window where a write can be triggered from here.
@@ -211,6 +242,29 @@ class Monitor:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _as_tensor(value, dtype=None):
+    """`value` as a tensor for the compiled push (None, tensors as they are).
+
+    Dense tensors and `IndexedSlices` pass unchanged.
+    A Python number would be part of the traced signature (a new trace per
+    step number); as a tensor it is an argument.
+    """
+    if value is None or isinstance(value, (tf.Tensor, tf.IndexedSlices)):
+        return value
+    if dtype is not None and isinstance(value, (int, np.integer)):
+        return tf.constant(value, dtype)
+    return tf.convert_to_tensor(value)
+
+
+def _tensors(nest):
+    """A nest of data (`inputs=`, ...) with its arrays as tensors."""
+    if nest is None:
+        return None
+    return tf.nest.map_structure(
+        lambda x: tf.convert_to_tensor(x)
+        if isinstance(x, (np.ndarray, np.generic)) else x, nest)
 
 
 def _sum_over_replicas(gradients, loss, batch_size):

@@ -1,0 +1,113 @@
+"""`Monitor.record` called from Python (after a compiled train step, the
+README's first custom loop) writes what `record` inside the `tf.function`
+writes, and compiles its work once instead of running it op by op.
+"""
+
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+from conftest import global_table, read_run
+
+import tb_stability
+from tb_stability import metadata
+
+STEPS = 120
+BATCH = 32
+
+
+def _train(logdir, in_graph, spike_at=70, last_batch=None):
+    """The same tiny run, `record` eager or inside the step; returns the
+    monitor. A loss spike (a batch of targets scaled up) at `spike_at` makes the
+    detector keep detail rows; `last_batch` shortens the last batch.
+    """
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x_all = rng.normal(size=(STEPS, BATCH, 6)).astype("float32")
+    y_all = rng.normal(size=(STEPS, BATCH, 1)).astype("float32")
+    y_all[spike_at] *= 100.0
+    model = keras.Sequential([keras.Input((6,)),
+                              keras.layers.Dense(16, activation="tanh",
+                                                 name="hidden"),
+                              keras.layers.Dense(1, name="out")], name="tiny")
+    opt = keras.optimizers.Adam(1e-2)
+    variables = model.trainable_variables
+    monitor = tb_stability.Monitor(logdir, optimizer=opt, variables=variables,
+                                   model=model, window=32)
+
+    def body(step, x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = tf.reduce_mean(tf.square(pred - y))
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss, grads, pred
+
+    @tf.function
+    def graph_step(step, x, y):
+        loss, grads, pred = body(step, x, y)
+        monitor.record(step, loss, grads, batch_size=tf.shape(x)[0],
+                       inputs=x, targets=y, predictions=pred)
+        return loss
+
+    plain_step = tf.function(body)
+    with monitor:
+        for step in range(STEPS):
+            x, y = x_all[step], y_all[step]
+            if last_batch is not None and step == STEPS - 1:
+                x, y = x[:last_batch], y[:last_batch]
+            if in_graph:
+                graph_step(tf.constant(step, tf.int64), x, y)
+            else:
+                loss, grads, pred = plain_step(tf.constant(step, tf.int64), x, y)
+                monitor.record(step, loss, grads, batch_size=len(x), inputs=x,
+                               targets=y, predictions=pred)
+    return monitor
+
+
+def _events(run):
+    """{tag: {step: array}} of every tb_stability series but run_info."""
+    return {tag: dict(events) for tag, events in run.items()
+            if tag not in ("__metadata__", metadata.TAG_RUN_INFO)}
+
+
+def _run_info(run):
+    (_, value), = run[metadata.TAG_RUN_INFO]
+    return json.loads(value.item())
+
+
+def test_eager_record_writes_the_rows_of_in_graph_record(tmp_path):
+    eager_dir, graph_dir = str(tmp_path / "eager"), str(tmp_path / "graph")
+    _train(eager_dir, in_graph=False)
+    _train(graph_dir, in_graph=True)
+    eager, graph = read_run(eager_dir), read_run(graph_dir)
+    assert _run_info(eager) == _run_info(graph)
+    steps_e, rows_e = global_table(eager)
+    steps_g, rows_g = global_table(graph)
+    assert list(steps_e) == list(steps_g) == list(range(STEPS))
+    np.testing.assert_allclose(rows_e, rows_g, rtol=1e-5, atol=1e-7)
+    flags = rows_g[:, metadata.GLOBAL["flags"]]
+    assert np.nansum(flags) > 0  # the spike was flagged: detail beyond the first steps
+    events_e, events_g = _events(eager), _events(graph)
+    assert sorted(events_e) == sorted(events_g)
+    for tag in events_g:
+        assert sorted(events_e[tag]) == sorted(events_g[tag]), tag
+        for step, value in events_g[tag].items():
+            np.testing.assert_allclose(events_e[tag][step], value, rtol=1e-5,
+                                       atol=1e-7, err_msg=f"{tag} at {step}")
+    assert max(events_g[metadata.TAG_LAYERS_DETAIL]) > 50
+
+
+def test_eager_record_traces_once(tmp_path):
+    """Step numbers, losses and batch sizes are arguments, not constants of
+    the trace: one trace for the whole run, at most one more for a last
+    batch of another size.
+    """
+    monitor = _train(str(tmp_path / "a"), in_graph=False)
+    assert monitor._push_fn.experimental_get_tracing_count() == 1
+    monitor = _train(str(tmp_path / "b"), in_graph=False, last_batch=5)
+    assert monitor._push_fn.experimental_get_tracing_count() <= 2
+    steps, rows = global_table(read_run(str(tmp_path / "b")))
+    assert list(steps) == list(range(STEPS))
+    assert rows[-1, metadata.GLOBAL["batch_size"]] == 5

@@ -14,7 +14,7 @@ import {api} from './api.js';
 import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
   decodeTimeline, evidenceRowsNote, evidenceSparseNote, findAnomaly, formatNumber, formatPercent, formatStep,
-  highlightRow, mergeTimelines, needsZoomFetch, requestWidth, setCauses, shapePath, stepAnomaly,
+  highlightRow, mergeTimelines, middleEllipsis, needsZoomFetch, requestWidth, setCauses, shapePath, stepAnomaly,
   timelineUrl, variableIndex, zoomSteps, zoomWidth,
 } from './model.js';
 import {AdamChartView} from './views/adamChart.js';
@@ -25,6 +25,7 @@ import {runSelector} from './views/runSelector.js';
 import {TimelineView} from './views/timeline.js';
 
 const STORAGE_KEY = 'tb_stability.run';
+const LAYER_CHARS = 28;  // a longer layer name is shortened in the middle (full name on hover)
 const ZOOM_DEBOUNCE_MS = 200;  // a zoom must settle this long before its range is fetched
 
 function loadCss(href) {
@@ -420,7 +421,8 @@ class App {
         el('td', {}, a.kind || ''),
         el('td', {class: 'cause-cell'}, svgShape(shapePath(s.shape, 11), s.color, 11), ' ', s.label),
         el('td', {class: 'num'}, formatPercent(c.confidence)),
-        el('td', {class: 'layer-cell', title: c.variable || c.layer || ''}, c.layer || '')));
+        el('td', {class: 'layer-cell', 'data-testid': 'layer-cell', title: c.variable || c.layer || ''},
+          middleEllipsis(c.layer || '', LAYER_CHARS))));
       });
       list.appendChild(el('div', {class: 'table-wrap'}, el('table', {class: 'anomalies'},
         el('thead', {}, el('tr', {}, el('th', {}, 'step'), el('th', {}, 'kind'), el('th', {}, 'cause'),
@@ -530,12 +532,18 @@ class App {
   }
 
   onKey(e) {
-    const tag = e.target && e.target.tagName;
-    if (tag === 'SELECT' || tag === 'INPUT' || tag === 'TEXTAREA' || e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const t = e.target, tag = t && t.tagName;
+    if (tag === 'TEXTAREA' || (tag === 'INPUT' && t.type !== 'checkbox')) return;  // typing
+    // After a click on a control (the run select, a toggle) focus stays on
+    // it: the letter keys still step through the anomalies (and do not
+    // type-ahead in the select); arrows and Escape stay the control's own.
+    const control = tag === 'SELECT' || tag === 'INPUT';
+    if (control && !['j', 'k', 'n', 'p', 'l'].includes(e.key)) return;
     if (e.key === 'j' || e.key === 'ArrowRight' || e.key === 'n') { this.stepBy(1); e.preventDefault(); }
     else if (e.key === 'k' || e.key === 'ArrowLeft' || e.key === 'p') { this.stepBy(-1); e.preventDefault(); }
     else if (e.key === 'Escape') this.select(-1);
-    else if (e.key === 'l' && !this.logToggle.disabled) { this.log = !this.timelineView.log; this.drawTimeline(); }
+    else if (e.key === 'l' && !this.logToggle.disabled) { this.log = !this.timelineView.log; this.drawTimeline(); e.preventDefault(); }
   }
 }
 

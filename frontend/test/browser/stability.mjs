@@ -79,6 +79,63 @@ async function selectRun(frame, run, timeout) {
   return waitDrawn(frame, run, timeout);
 }
 
+/** The heatmap's drawn colour at the centre of every cell, [row][col] ->
+ * [r, g, b, a], read back from its canvas. */
+async function heatmapPixels(frame) {
+  return frame.evaluate(() => {
+    const cv = document.querySelector('[data-testid=heatmap-canvas]');
+    const d = window.tbStability.heatmap.d;
+    const rows = d.variables.length, cols = d.steps.length;
+    const px = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+    const out = [];
+    for (let i = 0; i < rows; i++) {
+      const row = [];
+      for (let j = 0; j < cols; j++) {
+        const x = Math.floor((j + 0.5) * cv.width / cols), y = Math.floor((i + 0.5) * cv.height / rows);
+        const k = 4 * (y * cv.width + x);
+        row.push([px[k], px[k + 1], px[k + 2], px[k + 3]]);
+      }
+      out.push(row);
+    }
+    return {cells: out, steps: d.steps};
+  });
+}
+
+const NAN_RGB = [229, 57, 53];  // views/heatmap.js NONFINITE: the legend's NaN/Inf colour
+const isNanColour = ([r, g, b, a]) => a > 200 && Math.abs(r - NAN_RGB[0]) < 8 &&
+  Math.abs(g - NAN_RGB[1]) < 8 && Math.abs(b - NAN_RGB[2]) < 8;
+
+/** The heatmap draws a cell the backend sent as null ("not measured") blank,
+ * never in the NaN colour, and a real "NaN"/"Infinity" in the NaN colour.
+ * Returns the numbers of null and non-finite cells seen. */
+async function checkHeatmapCells(frame, detail) {
+  const stat = await frame.locator('[data-testid=heatmap-stat]').inputValue();
+  const sent = detail.evidence.stats[stat];
+  const {cells, steps} = await heatmapPixels(frame);
+  const hl = detail.evidence.highlight || {};
+  const lineCols = new Set([hl.onset_step, hl.peak_step].map((s) => steps.indexOf(s)));
+  let nulls = 0, nans = 0;
+  sent.forEach((row, i) => row.forEach((v, j) => {
+    if (lineCols.has(j) || lineCols.has(j - 1) || lineCols.has(j + 1)) return;  // under the onset/peak lines
+    const rgba = cells[i][j];
+    if (v === null) {
+      nulls++;
+      assert.ok(!isNanColour(rgba), `${stat}: unmeasured cell (${detail.evidence.variables[i]}, step ${steps[j]}) drawn in the NaN colour`);
+      assert.ok(rgba[3] < 60 || i === (hl.index ?? -1), `${stat}: unmeasured cell at step ${steps[j]} is blank (rgba ${rgba})`);
+    } else if (typeof v === 'string') {
+      nans++;
+      // a real NaN/Inf only where the step counted non-finite values
+      const g = detail.global.steps.indexOf(steps[j]);
+      assert.ok(g >= 0 && detail.global.series.nonfinite[g] > 0,
+        `${stat}: ${v} at step ${steps[j]}, a step without non-finite values (not measured?)`);
+      assert.ok(isNanColour(rgba), `${stat}: ${v} cell at step ${steps[j]} drawn in the NaN colour (rgba ${rgba})`);
+    } else {
+      assert.ok(!isNanColour(rgba), `${stat}: a finite cell at step ${steps[j]} in the NaN colour`);
+    }
+  }));
+  return {nulls, nans};
+}
+
 async function shot(name, frameOnly = true) {
   const path = join(SHOTS, name);
   if (frameOnly) await page.locator('iframe').first().screenshot({path});
@@ -301,12 +358,18 @@ try {
       await page.locator('iframe').first().screenshot({path: args.docs});
       log('docs screenshot', args.docs, 'from', cardShot);
     }
-    // The statistic selector redraws the heatmap with the same highlight.
+    // The statistic selector redraws the heatmap with the same highlight;
+    // each statistic's unmeasured cells are blank, its NaN cells red.
     const stats = await frame.locator('[data-testid=heatmap-stat] option').evaluateAll((os) => os.map((o) => o.value));
+    let unmeasured = 0;
     for (const s of stats) {
       await frame.locator('[data-testid=heatmap-stat]').selectOption(s);
       if (hl && hl.variable) assert.equal(await marked.getAttribute('data-variable'), hl.variable);
+      const seen = await checkHeatmapCells(frame, detail);
+      unmeasured += seen.nulls;
+      log('heatmap', s, JSON.stringify(seen));
     }
+    if (main.run === 'seed002-bad') assert.ok(unmeasured > 0, 'seed002-bad has unmeasured cells (stats_every) to check');
     // Keyboard: j / k step through the anomalies.
     if (main.t.anomalies.length > 1) {
       const sorted = main.t.anomalies.slice().sort((a, b) => a.step - b.step);
@@ -321,6 +384,24 @@ try {
       await frame.locator('body').press('k');
       await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[0].step));
       log('keyboard navigation ok', i);
+    }
+    // j/k right after choosing a run in the select (focus is still on it)
+    if (main.t.anomalies.length > 1) {
+      const other = candidates.find((c) => c.run !== main.run) || main;
+      await selectRun(frame, other.run);
+      await frame.locator('[data-testid=run-select]').focus();  // as a click on it leaves it
+      await selectRun(frame, main.run);
+      const focused = await frame.evaluate(() => document.activeElement && document.activeElement.dataset.testid);
+      assert.equal(focused, 'run-select', 'the select keeps the focus after choosing a run');
+      const sorted = main.t.anomalies.slice().sort((a, b) => a.step - b.step);
+      await frame.locator('[data-testid=run-select]').press('j');
+      await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[0].step));
+      await frame.locator('[data-testid=run-select]').press('j');
+      await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[1].step));
+      await frame.locator('[data-testid=run-select]').press('k');
+      await frame.waitForFunction((s) => document.querySelector('[data-testid=cause-card]')?.dataset.step === s, String(sorted[0].step));
+      assert.equal(await frame.locator('[data-testid=run-select]').inputValue(), main.run, 'j/k did not type-ahead in the select');
+      log('keys after the run select ok');
     }
   }
 
@@ -340,6 +421,14 @@ try {
       await selectRun(frame, c.run);
       assert.match(await frame.locator('[data-testid=run-facts]').textContent(), /non-finite/);
       assert.equal(await frame.locator('[data-testid=anomaly-marker]').count(), c.t.anomalies.length);
+      const nf = c.t.anomalies.find((a) => a.kind === 'nonfinite');
+      if (nf) {
+        await frame.locator(`[data-testid=anomaly-marker][data-step="${nf.step}"]`).first().click();
+        await frame.locator('[data-testid=heatmap-row]').first().waitFor({timeout: 30000});
+        const detail = await getJSON(`/anomaly?run=${encodeURIComponent(c.run)}&step=${nf.step}`);
+        await page.waitForTimeout(200);
+        log('heatmap (non-finite run)', c.run, JSON.stringify(await checkHeatmapCells(frame, detail)));
+      }
       await shot('nonfinite.png');
       break;
     }

@@ -2,8 +2,13 @@
 
     python -m demo.main --logdir demo_logs            # train, then serve
     python -m demo.main --logdir demo_logs --logs-only
+    python -m demo.main --logdir demo_logs --retrain  # train again from scratch
 
-The runs: the four seed blow-ups of ../shared/seeds/, each broken and fixed
+Runs already trained into the logdir (listed in its `.demo-runs` file once
+they finished) are reused, not trained again; `--retrain` deletes and
+retrains them.
+
+The runs: four reported training blow-ups (demo/README.md), each broken and fixed
 (`seedNNN-bad`, `seedNNN-fixed`, see demo/README.md), seed 001's NaN variant
 (`seed001-bad-nan`) and a Keras run with one outlier batch (`outlier-batch`,
 a one-step spike from a bad batch).
@@ -11,7 +16,9 @@ a one-step spike from a bad batch).
 
 import argparse
 import contextlib
+import glob
 import os
+import shutil
 import sys
 import time
 
@@ -113,24 +120,51 @@ def run_one(logdir, name, seed=0, **overrides):
         return fn(logdir, seed=seed, **overrides)
 
 
-def run_all(logdir, log=print, only=None):
+DONE_FILE = ".demo-runs"  # in the logdir: the runs whose training finished
+
+
+def finished_runs(logdir):
+    """The demo runs trained to the end in `logdir` that still have their
+    event files (the names in its `.demo-runs` file)."""
+    try:
+        with open(os.path.join(logdir, DONE_FILE)) as f:
+            names = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return set()
+    return {n for n in names
+            if glob.glob(os.path.join(logdir, n, "events.out.tfevents.*"))}
+
+
+def run_all(logdir, log=print, only=None, reuse=False):
     """Trains the demo runs into `logdir` (one sub-directory per run).
 
     Arguments:
       logdir: the log directory (created if needed).
       log: where progress lines go.
       only: optional iterable of run names to train (default: all).
+      reuse: keep the runs `logdir` already holds trained to the end
+        (`finished_runs`) instead of training them again; their result is
+        None. Otherwise a run's old directory is deleted before it is
+        trained, so that it holds one event file.
 
     Returns {run name: what the run's function returned}.
     """
     os.makedirs(logdir, exist_ok=True)
     runs = [(n, fn) for n, fn in RUNS if only is None or n in set(only)]
+    done = finished_runs(logdir) if reuse else set()
     results = {}
     for i, (name, fn) in enumerate(runs, start=1):
+        if name in done:
+            log(f"[{i}/{len(runs)}] {name}: reusing the logs already trained")
+            results[name] = None
+            continue
+        shutil.rmtree(os.path.join(logdir, name), ignore_errors=True)
         t0 = time.perf_counter()
         log(f"[{i}/{len(runs)}] training {name} ...")
         with deterministic(0):
             results[name] = fn(logdir)
+        with open(os.path.join(logdir, DONE_FILE), "a") as f:
+            f.write(name + "\n")
         log(f"[{i}/{len(runs)}] {name} done in {time.perf_counter() - t0:.1f} s")
     return results
 
@@ -163,9 +197,19 @@ def main(argv=None):
     parser.add_argument("--logs-only", action="store_true",
                         help="only write the logs, do not start TensorBoard")
     parser.add_argument("--port", type=int, default=6006)
+    parser.add_argument("--retrain", action="store_true",
+                        help="train every run again, even those the logdir already holds")
+    parser.add_argument("--only", action="append", metavar="RUN",
+                        help="only this run (repeatable; default: all)")
     args = parser.parse_args(argv)
-    run_all(args.logdir)
-    print(f"logs written to {os.path.abspath(args.logdir)}", flush=True)
+    where = os.path.abspath(args.logdir)
+    reused = set() if args.retrain else finished_runs(args.logdir)
+    wanted = {n for n, _ in RUNS if not args.only or n in args.only}
+    if reused & wanted:
+        print(f"reusing the {len(reused & wanted)} demo runs already trained in {where} "
+              f"(--retrain to train them again)", flush=True)
+    run_all(args.logdir, only=args.only, reuse=not args.retrain)
+    print(f"logs in {where}", flush=True)
     if not args.logs_only:
         serve(args.logdir, args.port)
     return 0

@@ -1,4 +1,4 @@
-"""The four seed blow-ups of ../shared/seeds/, each broken and fixed.
+"""The four reported seed blow-ups (demo/README.md), each broken and fixed.
 
 Every scenario is a function `(logdir, fixed, ..., seed=0) -> dict` that
 trains one run into `logdir` with tb_stability and returns what a test needs

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: installs into .venv, trains the demo runs into demo_logs/ and
 # serves TensorBoard with the Stability tab on http://127.0.0.1:6006.
-# Usage: ./scripts/demo.sh [--logs-only] [--logdir DIR] [--port N]
+# Runs already trained into the logdir are reused (it says so); --retrain
+# trains them again.
+# Usage: ./scripts/demo.sh [--logs-only] [--retrain] [--logdir DIR] [--port N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -18,4 +18,8 @@ npm ci --prefix frontend --no-audit --no-fund
 # Lint and docstrings (ruff, configured in pyproject.toml), then the tests.
 .venv/bin/ruff check .
 export TB_STABILITY_REQUIRE_BROWSER=1
-exec .venv/bin/python -m pytest -q "$@"
+status=0
+.venv/bin/python -m pytest -q "$@" || status=$?
+# the node unit tests' summary (written by tests/test_frontend.py)
+[ -f test-artifacts/node-unit-tests.txt ] && cat test-artifacts/node-unit-tests.txt
+exit "$status"

@@ -20,8 +20,69 @@ def test_table_and_exit_one_on_anomalies(demo_logs, capsys):
     assert cli.main(["report", logdir]) == 1
     out = capsys.readouterr().out
     header = out.splitlines()[0].split()
-    assert header == ["run", "kind", "step", "cause", "layer", "lead", "fix"]
+    assert header == ["run", "kind", "step", "cause", "(confidence)", "layer", "lead"]
     assert "summed_loss" in out and "seed000-fixed" in out
+
+
+def test_table_fits_120_columns_with_each_fix_once_per_run(demo_logs, capsys):
+    """Issue 18: the table was ~200 columns wide with seed002-bad's fix
+    repeated on each of its 14 rows."""
+    from tb_stability.analysis import causes
+
+    logdir = str(demo_logs[0])
+    assert cli.main(["report", logdir]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= cli.WIDTH
+    blocks = {}  # run -> its fix lines (those under its rows)
+    run = None
+    for line in lines[1:]:
+        if line.startswith("    fix ("):
+            blocks[run].append(line)
+        elif not line.startswith("      "):
+            run = line.split()[0]
+            blocks.setdefault(run, [])
+    seed002 = blocks["seed002-bad"]
+    assert [line.split()[1] for line in seed002] == ["(adam_epsilon):"]  # once, not 14 times
+    assert sum(1 for line in lines if line.startswith("seed002-bad ")) > 1
+    # the fix is all there, wrapped
+    text = " ".join(line.strip() for line in lines)
+    assert causes.BY_ID["adam_epsilon"].fix in text
+    assert blocks["seed003-fixed"] == []
+    assert cli.main(["report", logdir, "--no-fixes"]) == 1
+    assert "fix (" not in capsys.readouterr().out
+
+
+def test_long_names_are_shortened_in_the_middle():
+    cause = {"cause": "adam_epsilon", "confidence": 0.95, "layer": "model/" + "block_" * 30 + "dense",
+             "variable": None, "lead_steps": 9, "evidence": [], "fix": "Raise epsilon. " * 20}
+    result = {"runs": [{"run": "sweep/lr=0.001/" + "x" * 150 + "/seed=3", "steps": 10,
+                        "anomalies": [{"kind": "spike", "pattern": "", "step": 3400,
+                                       "peak_step": 3447, "causes": [cause]}]}]}
+    lines = cli.format_table(result)
+    assert max(len(line) for line in lines) <= cli.WIDTH
+    row = lines[1]
+    assert row.startswith("sweep/lr=0.001/") and "\u2026" in row and "/seed=3" in row
+    assert "model/block_" in row and "_dense" in row
+    assert sum(1 for line in lines if line.startswith("    fix (adam_epsilon)")) == 1
+
+
+def test_quiet_on_a_closed_pipe(demo_logs):
+    """`tb-stability report DIR | head -3`: the reader goes away; no
+    BrokenPipeError traceback, the usual exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "tb_stability.cli", "report",
+                             str(demo_logs[0])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes: its first write finds the pipe closed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    for flag in ([], ["--json"]):
+        shell = subprocess.run(
+            ["bash", "-c", f'"{sys.executable}" -m tb_stability.cli report '
+             f'"{demo_logs[0]}" {" ".join(flag)} | head -3'],
+            capture_output=True, text=True, timeout=120)
+        assert len(shell.stdout.splitlines()) == 3
+        assert "Traceback" not in shell.stderr and "BrokenPipe" not in shell.stderr, shell.stderr
 
 
 def test_exit_zero_without_anomalies_and_json(demo_logs, capsys):

@@ -10,6 +10,7 @@ TB_STABILITY_REQUIRE_BROWSER=1 (scripts/test.sh sets it), where they fail.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -106,8 +107,17 @@ def test_js_unit_tests(tmp_path):
     env = dict(os.environ, TB_STABILITY_CAUSES_JSON=str(registry))
     proc = subprocess.run([node, "--test", "test/unit/"], cwd=FRONTEND, env=env,
                           capture_output=True, text=True, timeout=120)
+    # The TAP summary ("# tests 40", "# pass 40", ...), printed and saved
+    # (scripts/test.sh shows it after pytest).
+    summary = [line for line in proc.stdout.splitlines()
+               if re.match(r"^# (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) ", line)]
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "node-unit-tests.txt").write_text(
+        "node --test frontend/test/unit/: " + ", ".join(s[2:] for s in summary) + "\n")
+    print("\n".join(summary))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "# skipped 0" in proc.stdout, proc.stdout[-3000:]
+    assert any(line.startswith("# pass ") for line in summary), proc.stdout[-3000:]
 
 
 def _get_json(url):

@@ -277,6 +277,59 @@ def test_unmeasured_is_null_and_real_nan_is_the_string(tmp_path):
     assert None not in coarse["series"]["rms_ratio_max"]["max"]
 
 
+def test_overview_lists_every_run_worst_first(tmp_path, monkeypatch):
+    """GET overview: every run with its status and first anomaly (the one
+    /timeline lists first), worst first; answered from a per-run cache
+    warm, and a run whose data changed (or a new run) is analysed again."""
+    from tb_stability.analysis import report
+
+    write_run(str(tmp_path / "healthy"), 600, 2, [])
+    write_run(str(tmp_path / "spiky"), 1000, 2, [400, 700])
+    _sparse_run(str(tmp_path / "sparse"))
+    os.makedirs(tmp_path / "no-stability-data")
+    app, ingester = tensorboard_app(tmp_path)
+    client = wtest.Client(app)
+    calls = []
+    real = report.analyze_run
+    monkeypatch.setattr(report, "analyze_run", lambda run: calls.append(run.name) or real(run))
+    data = _json(client, "/overview")
+    assert sorted(calls) == ["healthy", "sparse", "spiky"]  # each analysed once
+    assert [e["run"] for e in data["runs"]] == ["sparse", "spiky", "healthy"]
+    assert [e["status"] for e in data["runs"]] == ["nonfinite", "anomalies", "healthy"]
+    assert data["total"] == 3
+    assert data["status_counts"] == {"nonfinite": 1, "anomalies": 1, "healthy": 1}
+    for e in data["runs"]:
+        timeline = _json(client, "/timeline", run=e["run"])
+        assert e["anomalies"] == len(timeline["anomalies"])
+        assert e["last_step"] == timeline["last_step"]
+        if not timeline["anomalies"]:
+            assert e["first"] is None and e["causes"] == []
+            continue
+        a = timeline["anomalies"][0]
+        assert e["first"] == {"kind": a["kind"], "pattern": a["pattern"], "step": a["step"],
+                              "peak_step": a["peak_step"], "cause": a["cause"]["cause"],
+                              "title": a["cause"]["title"],
+                              "confidence": a["cause"]["confidence"],
+                              "layer": a["cause"]["layer"], "variable": a["cause"]["variable"]}
+        assert e["causes"] == list(dict.fromkeys(x["cause"]["cause"] for x in timeline["anomalies"]))
+        for c in e["causes"]:
+            assert data["cause_counts"][c] >= 1
+    calls.clear()
+    assert _json(client, "/overview") == data  # warm: nothing analysed again
+    assert calls == []
+    # a run that grows, and a new run: only those two are analysed again
+    write_run(str(tmp_path / "spiky"), 512, 2, [1200], start=1000, seed=1)
+    write_run(str(tmp_path / "new"), 300, 2, [150])
+    ingester._multiplexer.AddRunsFromDirectory(str(tmp_path))  # what its reload does
+    reload_logdir(ingester)
+    _json(client, "/timeline", run="spiky")  # the tab's analysis serves the overview too
+    again = _json(client, "/overview")
+    assert sorted(calls) == ["new", "spiky"]
+    assert {e["run"] for e in again["runs"]} == {"sparse", "spiky", "healthy", "new"}
+    spiky = next(e for e in again["runs"] if e["run"] == "spiky")
+    assert spiky["last_step"] == 1511
+
+
 def test_analysis_is_recomputed_when_new_data_arrives(tmp_path):
     """A run still training: new windows (and a new spike) show up without
     restarting TensorBoard; unchanged data is served from the cache.

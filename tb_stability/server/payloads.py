@@ -492,3 +492,77 @@ def layers(run: RunData) -> Dict:
         out.append(entry)
     return {"run": run.name, "variables": out,
             "layers": sorted({e["layer"] for e in out})}
+
+
+# -- the runs overview ---------------------------------------------------------
+
+# Worst first: a run with non-finite values, then one with anomalies, then
+# a healthy one.
+STATUS_RANK = {"nonfinite": 0, "anomalies": 1, "healthy": 2, "no data": 3}
+
+
+def run_summary(run: RunData, anomalies: List[Dict]) -> Dict:
+    """One run's /overview entry: its status, first anomaly and counts.
+
+    `status` is "nonfinite" when an anomaly is non-finite or a step counted
+    non-finite values, "anomalies" when it has others, else "healthy".
+    """
+    loss = run.col("loss")
+    nonfinite_steps = int(np.count_nonzero(
+        (np.nan_to_num(run.col("nonfinite")) > 0) | ~np.isfinite(loss)))
+    kinds = [a["kind"] for a in anomalies]
+    if "nonfinite" in kinds or nonfinite_steps:
+        status = "nonfinite"
+    elif anomalies:
+        status = "anomalies"
+    else:
+        status = "healthy"
+    first = None
+    if anomalies:
+        a = anomalies[0]
+        top = a["causes"][0] if a["causes"] else {}
+        cause = top.get("cause", "unknown")
+        first = {"kind": a["kind"], "pattern": a.get("pattern", ""), "step": a["step"],
+                 "peak_step": a["peak_step"], "cause": cause,
+                 "title": causes_lib.TITLE.get(cause, cause),
+                 "confidence": top.get("confidence"), "layer": top.get("layer"),
+                 "variable": top.get("variable")}
+    top_causes = list(dict.fromkeys(
+        (a["causes"][0]["cause"] if a["causes"] else "unknown") for a in anomalies))
+    return encode_json({
+        "run": run.name, "status": status, "steps": int(len(run.steps)),
+        "first_step": int(run.steps[0]), "last_step": int(run.steps[-1]),
+        "anomalies": len(anomalies), "nonfinite_steps": nonfinite_steps,
+        "first": first, "causes": top_causes,
+    })
+
+
+def run_summary_empty(name: str) -> Dict:
+    """The /overview entry of a run whose series hold no rows."""
+    return {"run": name, "status": "no data", "steps": 0, "first_step": None,
+            "last_step": None, "anomalies": 0, "nonfinite_steps": 0,
+            "first": None, "causes": []}
+
+
+def overview_order(entry: Dict):
+    """The sort key of an /overview entry (worst first).
+
+    The worst status first, then more anomalies, then the earlier first
+    anomaly, then by name.
+    """
+    first = entry.get("first") or {}
+    return (STATUS_RANK.get(entry["status"], len(STATUS_RANK)), -entry["anomalies"],
+            first.get("step", float("inf")), entry["run"])
+
+
+def overview(entries: List[Dict]) -> Dict:
+    """The /overview payload: every run's entry, worst first, with counts."""
+    entries = sorted(entries, key=overview_order)
+    statuses = {s: 0 for s in ("nonfinite", "anomalies", "healthy")}
+    by_cause = {}
+    for e in entries:
+        statuses[e["status"]] = statuses.get(e["status"], 0) + 1
+        for c in e["causes"]:
+            by_cause[c] = by_cause.get(c, 0) + 1
+    return {"runs": entries, "total": len(entries), "status_counts": statuses,
+            "cause_counts": by_cause}

@@ -11,7 +11,8 @@ parse and check the request and raise `tensorboard.errors` (400/404); the
 payloads are computed in `payloads` (pure NumPy) from the analysis,
 which is cached per run and recomputed when the run's series change. The
 routes are documented in `http_api.md`; `causes` serves the cause registry
-(`analysis.causes`) that the tab draws from.
+(`analysis.causes`) that the tab draws from; `overview` summarises every
+run (a sweep's landing view), each summary cached on its run's fingerprint.
 """
 
 import collections
@@ -76,6 +77,12 @@ def _run_arg(request):
     return run
 
 
+def _fingerprint(tags):
+    """What identifies a run's data: each series' last step and wall time."""
+    return tuple(sorted(
+        (tag, int(ts.max_step), float(ts.max_wall_time)) for tag, ts in tags.items()))
+
+
 class _RunState:
     """One run's cached data and analysis, valid for one fingerprint."""
 
@@ -88,7 +95,7 @@ class _RunState:
 
 
 class StabilityPlugin(base_plugin.TBPlugin):
-    """Serves the Stability tab: runs, causes, timeline, anomaly detail, layers.
+    """Serves the Stability tab: runs, overview, causes, timeline, anomaly detail, layers.
 
     Arguments:
       context: TensorBoard's `base_plugin.TBContext` (its data provider and
@@ -103,6 +110,10 @@ class StabilityPlugin(base_plugin.TBPlugin):
         # A hint of 0 (our fix_flags default) means "every point".
         self._downsample = int(hint) if hint and int(hint) > 0 else _UNLIMITED
         self._states = collections.OrderedDict()  # (eid, run) -> _RunState
+        # (eid, run) -> (fingerprint, the run's /overview entry): small, one
+        # per run of the logdir, so a sweep's overview is answered warm
+        # from one listing of the data provider.
+        self._summaries = {}
         self._lock = threading.Lock()
 
     def get_plugin_apps(self):
@@ -114,6 +125,7 @@ class StabilityPlugin(base_plugin.TBPlugin):
             "/timeline": self._serve_timeline,
             "/anomaly": self._serve_anomaly,
             "/layers": self._serve_layers,
+            "/overview": self._serve_overview,
         }
 
     def is_active(self):
@@ -205,7 +217,44 @@ class StabilityPlugin(base_plugin.TBPlugin):
         state = self._state(request, run)
         return self._json(request, payloads.layers(state.run))
 
+    @wrappers.Request.application
+    def _serve_overview(self, request):
+        ctx = plugin_util.context(request.environ)
+        eid = plugin_util.experiment_id(request.environ)
+        mapping = self._list(ctx, eid)
+        entries = []
+        for run in sorted(mapping):
+            tags = mapping[run]
+            if metadata.TAG_GLOBAL not in tags:
+                continue
+            fingerprint = _fingerprint(tags)
+            key = (eid, run)
+            with self._lock:
+                cached = self._summaries.get(key)
+            if cached is None or cached[0] != fingerprint:
+                entry = self._summary(ctx, eid, run, fingerprint, tags)
+                cached = (fingerprint, entry)
+                with self._lock:
+                    self._summaries[key] = cached
+            entries.append(cached[1])
+        listed = {(eid, run) for run in mapping}
+        with self._lock:  # runs gone from the logdir
+            for key in [k for k in self._summaries if k[0] == eid and k not in listed]:
+                del self._summaries[key]
+        return self._json(request, payloads.overview(entries))
+
     # -- implementation ------------------------------------------------
+
+    def _summary(self, ctx, eid, run, fingerprint, tags):
+        """The run's /overview entry, from its cached state if it is current."""
+        with self._lock:
+            state = self._states.get((eid, run))
+        if state is None or state.fingerprint != fingerprint:
+            try:
+                state = self._load(ctx, eid, run, fingerprint, tags)
+            except errors.NotFoundError:
+                return payloads.run_summary_empty(run)
+        return payloads.run_summary(state.run, state.anomalies)
 
     @staticmethod
     def _json(request, payload):
@@ -225,8 +274,7 @@ class StabilityPlugin(base_plugin.TBPlugin):
         tags = self._list(ctx, eid, run).get(run)
         if not tags or metadata.TAG_GLOBAL not in tags:
             raise errors.NotFoundError(f"no tb_stability data for run {_quote(run)}")
-        fingerprint = tuple(sorted(
-            (tag, int(ts.max_step), float(ts.max_wall_time)) for tag, ts in tags.items()))
+        fingerprint = _fingerprint(tags)
         key = (eid, run)
         with self._lock:
             state = self._states.get(key)
@@ -234,7 +282,9 @@ class StabilityPlugin(base_plugin.TBPlugin):
                 self._states.move_to_end(key)
                 return state
         state = self._load(ctx, eid, run, fingerprint, tags)
+        summary = payloads.run_summary(state.run, state.anomalies)
         with self._lock:
+            self._summaries[key] = (fingerprint, summary)
             self._states[key] = state
             self._states.move_to_end(key)
             while len(self._states) > _CACHE_RUNS:

@@ -592,31 +592,32 @@ def one_feature_other_units(logdir, seed=0, fix=False):
 
 
 # --- exploding_gradient
-# (Pascanu's cliff, a tanh RNN under SGD whose gradient bursts late in
-# training, is left out: where and whether the burst comes is chaotic, at
-# steps 252-567, 92 or 156 and not at all across seeds.)
 
 
 def exploding_relu_rnn(logdir, seed=0, fix=False):
-    """A ReLU SimpleRNN with an identity recurrent kernel (IRNN) on 40-step
-    sequences, plain SGD without clipping: the recurrent kernel's gradient
-    at the first step is hundreds, several times the dense layer's, the
-    first update lifts its spectral radius above 1 and the state and the
-    gradients explode through the 40 steps: inf by step 2. Fix:
-    clipnorm=1.0 (as Le et al. train it)."""
-    length, batch = 40, 64
-    rng = _seed(seed)
+    """tests/scenarios.py's exploding_gradient: an IRNN (ReLU SimpleRNN,
+    identity recurrent kernel) under SGD without clipping, inf by step 2.
+    Fix: clipnorm=1.0 (as Le et al. train it)."""
+    return scenarios.exploding_gradient(logdir, seed, clipnorm=1.0 if fix else None)
 
-    def batches(step):
-        xb = rng.normal(size=(batch, length, 1)).astype(np.float32)
-        return xb, xb[:, :10, 0].sum(1, keepdims=True) / 3.0
+
+def exploding_linear_rnn_fit(logdir, seed=0, fix=False):
+    """A SimpleRNN with no activation (a linear recurrence) over 100-step
+    sequences under fit and plain SGD: the recurrent kernel's first
+    gradient sums 100 time lags, ~15x the other kernels', its first update
+    moves it by more than its own norm, the recurrence's gain passes 1 and
+    the loss is NaN from the second step. Fix: clipnorm=1.0."""
+    length = 100
+    rng = _seed(seed)
+    x = rng.normal(size=(2048, length, 4)).astype(np.float32)
+    y = (x[:, -5:, 0].sum(1, keepdims=True) / 2.2).astype(np.float32)
     model = keras.Sequential([
-        keras.Input((length, 1)),
-        keras.layers.SimpleRNN(32, activation="relu", recurrent_initializer="identity",
-                               name="rnn"),
-        keras.layers.Dense(1, name="out")], name="irnn")
-    opt = keras.optimizers.SGD(0.01, clipnorm=1.0 if fix else None)
-    return _loop(logdir, model, opt, _mse, batches, 300)
+        keras.Input((length, 4)),
+        keras.layers.SimpleRNN(32, activation=None, name="rnn"),
+        keras.layers.Dense(1, name="out")], name="linrnn")
+    _fit(logdir, model, x, y, loss="mse",
+         optimizer=keras.optimizers.SGD(0.01, clipnorm=1.0 if fix else None),
+         batch=32, epochs=3)
 
 
 # --- vanishing_gradient
@@ -1045,6 +1046,11 @@ RUNS = {
         exploding_relu_rnn, "nonfinite", "relu_rnn_no_clipping",
         "SO: SimpleRNN with relu activation, loss becomes inf/nan after the first batches (no clipnorm)",
         "exploding_gradient", "SGD clipnorm=1.0"),
+    "exploding_linear_rnn_fit": _broken(
+        exploding_linear_rnn_fit, "nonfinite", "linear_rnn_long_sequences",
+        "Keras/TF issues: SimpleRNN(activation=None) or a linear recurrence over long sequences, "
+        "loss nan from the first epoch under SGD; gradient clipping fixes it",
+        "exploding_gradient", "SGD clipnorm=1.0"),
     # vanishing_gradient
     "vanishing_deep_sigmoid": _broken(
         vanishing_deep_sigmoid, "plateau", "deep_sigmoid_stack",
@@ -1203,7 +1209,8 @@ HEALTHY = {k: v for k, v in RUNS.items() if v.expect is None}
 # Rough training seconds of the slow runs on a 2-core CPU (one thread), to
 # split the work between workers; the others take about _COST_DEFAULT.
 _COST = {"adam_epsilon_exact_fit": 12.0, "adam_epsilon_exact_fit-fixed": 8.0,
-         "exploding_relu_rnn-fixed": 5.0,
+         "exploding_relu_rnn-fixed": 5.0, "exploding_linear_rnn_fit": 8.0,
+         "exploding_linear_rnn_fit-fixed": 8.0,
          "spike_train": 5.0, "spike_train-fixed": 5.0, "blowup_then_stall": 5.0,
          "blowup_then_stall-fixed": 5.0, "ok_cosine_restarts": 5.0,
          "ok_deep_linear_saddle": 5.0, "ok_noisy_small_batch": 5.0}

@@ -53,8 +53,14 @@ def test_nonfinite_input_names_the_feature(tmp_path):
 def test_exploding_gradient_names_the_rnn_before_the_peak(tmp_path):
     run = _report(scenarios.exploding_gradient, tmp_path)
     top = run["anomalies"][0]["causes"][0]
-    assert "/rnn/" in top["variable"], top
-    assert top["lead_steps"] > 0, top  # the gradient jumped before the loss
+    assert top["variable"].endswith("recurrent_kernel"), top
+    assert top["lead_steps"] > 0, top  # its first update came before the blow-up
+
+
+def test_exploding_gradient_clipped_is_healthy(tmp_path):
+    scenarios.exploding_gradient(str(tmp_path / "clipped"), clipnorm=1.0)
+    (run,) = analysis.report_logdir(str(tmp_path))["runs"]
+    assert run["anomalies"] == [], run["anomalies"]
 
 
 def test_every_cause_id_has_a_test():

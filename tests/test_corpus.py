@@ -63,10 +63,7 @@ def test_corpus_is_well_formed():
 
 
 # Cause ids with fewer than two families of runs, with why (strict).
-THIN = {
-    causes.EXPLODING_GRADIENT: "the second family, Pascanu's RNN cliff, is chaotic across "
-                               "seeds (tests/corpus.py, exploding_gradient)",
-}
+THIN = {}
 
 
 def test_every_run_recorded(trained):

@@ -7,7 +7,7 @@ its top cause.
 
 Run here (a few seconds per seed): the demo's outlier-batch, seed000-bad and
 seed001-bad-nan, and the tests/scenarios.py runs nonfinite_input, log_zero,
-nonfinite_gradient, bad_init and output_mismatch. Left out as too expensive
+nonfinite_gradient, bad_init, output_mismatch and exploding_gradient. Left out as too expensive
 for this file (their seed-0 runs are in test_analysis_demo.py / test_causes.py; their
 multi-seed table is in the notes): seed001-bad (~35 s a seed), seed002-bad
 and seed003-bad (10,000 and 8,000 steps, 30-50 s a seed), the fixed runs,
@@ -43,6 +43,7 @@ SCENARIOS = {
     "nonfinite_gradient": ("nonfinite", causes.NONFINITE_GRADIENT),
     "bad_init": ("plateau", causes.BAD_INIT),
     "output_mismatch": ("plateau", causes.OUTPUT_MISMATCH),
+    "exploding_gradient": ("nonfinite", causes.EXPLODING_GRADIENT),
 }
 KNOWN = {}  # (name, seed): what it gives instead
 

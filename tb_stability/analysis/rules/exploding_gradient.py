@@ -18,6 +18,16 @@ kernel's, whose burst is the inputs' scale: `unnormalized_inputs`), and
 on the stall its window-mean gradient is below `COLLAPSE_RATIO` times that
 burst: the layer saturated. That kernel is named (`BURST_CONFIDENCE`,
 above `dead_units`: the burst is what killed the units).
+
+A blow-up from the first steps (no recent level to jump from): at the
+first recorded step a recurrent kernel's gradient (its name says
+`recurrent`: the weights shared across time, whose gradient sums the
+terms of every time lag) was over `FIRST_RATIO` times the median of the
+other kernels', and the update it took moved those weights by at least
+`FIRST_UPDATE` of their norm: that update lifted the recurrence's gain
+and the state and the gradients exploded through the sequence. The
+feed-forward look-alike (an output kernel far above the others because
+every activation is already huge) is `bad_init`; it is not recurrent.
 """
 
 from typing import Optional
@@ -41,6 +51,13 @@ NO_LEAD_CONFIDENCE = 0.5
 BURST_RATIO = 1e3
 COLLAPSE_RATIO = 1e-2
 BURST_CONFIDENCE = 0.7
+# A blow-up within `FIRST_STEPS` of the start after a recurrent kernel's
+# first gradient dominated (x the other kernels' median) and its first
+# update moved it by this fraction of its norm; the confidence.
+FIRST_STEPS = 16
+FIRST_RATIO = 10.0
+FIRST_UPDATE = 0.1
+FIRST_CONFIDENCE = 0.7
 
 _MAX = metadata.WINDOW_AGGREGATES.index("max")
 _MEAN = metadata.WINDOW_AGGREGATES.index("mean")
@@ -52,7 +69,7 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         return None if a.pattern == "frozen" else _burst_then_collapse(ctx, a)
     jump = single_layer_jump(ctx, a.peak_step, a.peak_step)
     if jump is None:
-        return None
+        return _first_step_recurrent(ctx, a)
     step, k, rel, med = jump
     lead = int(a.peak_step - step)
     variable = ctx.name(k)
@@ -93,3 +110,38 @@ def _burst_then_collapse(ctx: Context, a: Anomaly) -> Optional[Cause]:
         f"{fmt(ratio)}x the other layers' median, before the stall at step "
         f"{a.step}; on the stall it is {fmt(after)}: the layer saturated and "
         f"the loss stopped improving."], variable=variable)
+
+
+def _first_step_recurrent(ctx: Context, a: Anomaly) -> Optional[Cause]:
+    """exploding_gradient for a blow-up from the first steps, or None.
+
+    Led by a recurrent kernel's first gradient (see the module doc).
+    """
+    step, row = ctx.first_detail()
+    if row is None or a.step - int(ctx.run.steps[0]) > FIRST_STEPS or step > a.step or len(
+            ctx.kernels) < 2:
+        return None
+    g = row[ctx.kernels, STAT["grad_norm"]]
+    best, ratio = None, 0.0
+    for j, k in enumerate(ctx.kernels):
+        name = ctx.name(k) or ""
+        others = np.delete(g, j)
+        others = others[np.isfinite(others)]
+        if "recurrent" not in name.rsplit("/", 1)[-1] or not len(others):
+            continue
+        med = float(np.median(others))
+        if np.isfinite(g[j]) and med > 0 and g[j] / med > ratio:
+            best, ratio = k, float(g[j] / med)
+    if best is None or ratio < FIRST_RATIO:
+        return None
+    update = float(row[best, STAT["update_ratio"]])
+    if not (np.isfinite(update) and update >= FIRST_UPDATE):
+        return None
+    variable = ctx.name(best)
+    return make_cause(C.EXPLODING_GRADIENT, FIRST_CONFIDENCE, [
+        f"At step {step} the gradient norm of the recurrent kernel {variable} was "
+        f"{fmt(row[best, STAT['grad_norm']])}, {fmt(ratio)}x the other kernels' median, "
+        f"and its update moved it by {update:.0%} of its norm: the recurrence's gain "
+        f"grew and the state and gradients exploded through the sequence "
+        f"({a.kind} from step {a.step})."],
+        variable=variable, lead=int(a.peak_step - step))

@@ -25,6 +25,8 @@ const q = encodeURIComponent;
 
 export const api = {
   runs: (signal) => getJSON('./runs', signal),
+  /** Every run's status and first anomaly, worst first (the runs overview). */
+  overview: (signal) => getJSON('./overview', signal),
   /** The cause registry: ids, titles, fixes, colours, shapes, labels. */
   causes: (signal) => getJSON('./causes', signal),
   /** The whole run, or only the inclusive step range `range` ([first, last]). */

@@ -5,6 +5,8 @@
 //
 //   body.tbs [.dark]
 //     header.toolbar   run selector, run facts, log toggle, reset zoom
+//     .overview-box    the runs overview (views/overview.js): the landing view
+//                      when the logdir has several runs
 //     .panel.top       legend; timeline + signal strip (views/timeline.js)
 //     .lower
 //       .side          anomaly list, or the cause card (views/causeCard.js)
@@ -21,7 +23,8 @@ import {AdamChartView} from './views/adamChart.js';
 import {causeCard, causeLegend} from './views/causeCard.js';
 import {clear, el, svgShape} from './views/dom.js';
 import {HEATMAP_STATS, HeatmapView} from './views/heatmap.js';
-import {runSelector} from './views/runSelector.js';
+import {overviewView} from './views/overview.js';
+import {ALL_RUNS, runSelector} from './views/runSelector.js';
 import {TimelineView} from './views/timeline.js';
 
 const STORAGE_KEY = 'tb_stability.run';
@@ -107,6 +110,11 @@ class App {
     this.token = 0;
     this.detailToken = 0;
     this.causes = null;       // the cause registry (GET causes)
+    this.view = null;         // 'overview' (several runs: the landing view) or 'run'
+    this.overview = null;     // the GET overview payload
+    this.overviewCause = '';  // the overview's cause filter ('' every cause)
+    this.overviewToken = 0;
+    this.messageShown = false;
     this.stats = {reloads: 0, timelineFetches: 0, zoomFetches: 0, drawMs: null, decodeMs: null};
   }
 
@@ -176,7 +184,8 @@ class App {
     this.evidence = el('div', {class: 'evidence-col', 'data-testid': 'evidence'}, this.heatBox, this.adamBox);
     this.lower = el('div', {class: 'lower'}, this.side, this.evidence);
     this.message = el('div', {class: 'message-box'});
-    this.main = el('main', {class: 'app'}, toolbar, this.message, this.top, this.lower);
+    this.overviewBox = el('div', {class: 'overview-box', hidden: true});
+    this.main = el('main', {class: 'app'}, toolbar, this.message, this.overviewBox, this.top, this.lower);
     this.root.appendChild(this.main);
     this.timelineView = new TimelineView(this.timelineBox, {
       onSelect: (i) => this.select(i),
@@ -198,10 +207,19 @@ class App {
   showMessage(node) {
     clear(this.message);
     if (node) this.message.appendChild(node);
-    const hide = !!node;
-    this.top.hidden = hide;
-    this.lower.hidden = hide;
-    this.controls.hidden = hide;
+    this.messageShown = !!node;
+    this.applyView();
+  }
+
+  /** Shows the overview or the run's panels (neither under a message). */
+  applyView() {
+    const run = this.view !== 'overview';
+    const hideRun = this.messageShown || !run;
+    this.top.hidden = hideRun;
+    this.lower.hidden = hideRun;
+    this.controls.hidden = hideRun;
+    this.overviewBox.hidden = this.messageShown || run;
+    this.main.dataset.view = run ? 'run' : 'overview';
   }
 
   async loadRuns() {
@@ -226,17 +244,70 @@ class App {
       this.setStatus('');
       return;
     }
+    if (this.view === null) this.view = runs.length > 1 ? 'overview' : 'run';
+    if (runs.length < 2) this.view = 'run';
     this.showMessage(null);
     let wanted = this.run;
     if (!wanted) { try { wanted = sessionStorage.getItem(STORAGE_KEY); } catch (e) { /* no storage */ } }
     if (!runs.some((r) => r.run === wanted)) wanted = runs[0].run;
     const changed = wanted !== this.run;
     this.run = wanted;
-    this.runBox.appendChild(runSelector(runs, this.run, (run) => this.chooseRun(run)));
-    if (changed || !this.timeline) await this.loadTimeline(false);
+    this.runBox.appendChild(runSelector(runs, this.view === 'overview' ? ALL_RUNS : this.run,
+      (run) => (run === ALL_RUNS ? this.showOverview() : this.chooseRun(run)), runs.length > 1));
+    if (this.view === 'overview') await this.loadOverview();
+    else if (changed || !this.timeline) await this.loadTimeline(false);
+  }
+
+  /** The runs overview (GET overview), the landing view of a sweep. */
+  async showOverview() {
+    this.view = 'overview';
+    this.token++;  // a timeline still loading is not drawn over it
+    this.cancelZoom();
+    const select = this.runBox.querySelector('select');
+    if (select) { select.value = ALL_RUNS; select.title = ''; }
+    this.applyView();
+    await this.loadOverview();
+  }
+
+  async loadOverview() {
+    const token = ++this.overviewToken;
+    this.setStatus('loading the runs\u2026');
+    let data;
+    try {
+      data = await api.overview();
+    } catch (e) {
+      if (token === this.overviewToken) this.setStatus(`Could not summarise the runs: ${e.message}`, 'error');
+      return;
+    }
+    if (token !== this.overviewToken || this.view !== 'overview') return;
+    this.overview = data;
+    this.renderOverview();
+    this.setStatus('');
+  }
+
+  renderOverview() {
+    clear(this.overviewBox);
+    const data = this.overview;
+    if (!data) return;
+    this.overviewBox.appendChild(overviewView(data, {
+      cause: this.overviewCause,
+      onFilter: (cause) => { this.overviewCause = cause; this.renderOverview(); },
+      onOpen: (run) => this.openRun(run),
+    }));
+    this.facts.textContent = '';
+    this.main.dataset.overviewRuns = String(data.total);
+  }
+
+  /** Opens a run from the overview (as choosing it in the select). */
+  async openRun(run) {
+    const select = this.runBox.querySelector('select');
+    if (select) { select.value = run; select.title = run; }
+    await this.chooseRun(run);
   }
 
   async chooseRun(run) {
+    this.view = 'run';
+    this.applyView();
     this.run = run;
     try { sessionStorage.setItem(STORAGE_KEY, run); } catch (e) { /* no storage */ }
     this.selected = -1;
@@ -250,8 +321,8 @@ class App {
   async reload() {
     this.stats.reloads++;
     this.detailCache.clear();
-    await this.loadRuns();
-    if (this.run) await this.loadTimeline(true);
+    await this.loadRuns();  // the overview reloads itself there
+    if (this.run && this.view === 'run') await this.loadTimeline(true);
   }
 
   async loadTimeline(keep) {
@@ -532,7 +603,7 @@ class App {
   }
 
   onKey(e) {
-    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.ctrlKey || e.metaKey || e.altKey || this.view === 'overview') return;
     const t = e.target, tag = t && t.tagName;
     if (tag === 'TEXTAREA' || (tag === 'INPUT' && t.type !== 'checkbox')) return;  // typing
     // After a click on a control (the run select, a toggle) focus stays on

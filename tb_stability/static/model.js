@@ -550,3 +550,41 @@ export function nearestIndex(steps, step) {
 
 /** The one-line setup shown when a logdir has no tb_stability data. */
 export const CALLBACK_LINE = 'model.fit(x, y, callbacks=[tb_stability.keras.StabilityCallback("logs/run1")])';
+
+// ---------------------------------------------------------------- overview
+
+/** What each run status of GET overview is called on screen, worst first. */
+export const RUN_STATUS = {
+  'nonfinite': 'non-finite',
+  'anomalies': 'anomalies',
+  'healthy': 'healthy',
+  'no data': 'no data',
+};
+
+/** The overview's runs whose anomalies have `cause` among their top
+ * causes ('' or null: every run), in the backend's order (worst first). */
+export function filterOverview(runs, cause) {
+  if (!Array.isArray(runs)) return [];
+  if (!cause) return runs.slice();
+  return runs.filter((r) => Array.isArray(r.causes) && r.causes.includes(cause));
+}
+
+/** The cause filter's choices: [{cause, runs}] by how many runs have the
+ * cause (most first, then the registry's order). */
+export function overviewCauses(overview, reg = registry) {
+  const counts = (overview && overview.cause_counts) || {};
+  const order = (id) => { const i = reg.ids.indexOf(id); return i < 0 ? reg.ids.length : i; };
+  return Object.keys(counts).map((cause) => ({cause, runs: counts[cause]}))
+    .sort((a, b) => b.runs - a.runs || order(a.cause) - order(b.cause) || (a.cause < b.cause ? -1 : 1));
+}
+
+/** "96 runs: 12 non-finite, 40 with anomalies, 44 healthy". */
+export function overviewLine(overview) {
+  const n = overview && Number.isInteger(overview.total) ? overview.total : 0;
+  const c = (overview && overview.status_counts) || {};
+  const parts = [];
+  if (c.nonfinite) parts.push(`${formatStep(c.nonfinite)} non-finite`);
+  if (c.anomalies) parts.push(`${formatStep(c.anomalies)} with anomalies`);
+  if (c.healthy) parts.push(`${formatStep(c.healthy)} healthy`);
+  return `${formatStep(n)} run${n === 1 ? '' : 's'}${parts.length ? ': ' + parts.join(', ') : ''}`;
+}

@@ -260,6 +260,83 @@ async function zoomChecks(f, run, big) {
   log('zoom refetch ok', `stats ${JSON.stringify(await f.evaluate(() => window.tbStability.stats))}`);
 }
 
+/** 0. Several runs: the tab lands on the runs overview, which lists every
+ * run with the backend's status and first anomaly, worst first, filters by
+ * cause, and opens a run on click. Ends with `open` drawn. */
+async function overviewChecks(frame, runs, open) {
+  await frame.locator('[data-testid=overview-row]').first().waitFor({timeout: 120000});
+  assert.equal(await frame.evaluate(() => document.querySelector('main.app').dataset.view), 'overview', 'the landing view');
+  assert.equal(await frame.locator('[data-testid=timeline]').isVisible(), false, 'no run drawn under it');
+  const ov = await getJSON('/overview');
+  assert.deepEqual(ov.runs.map((r) => r.run).sort(), [...runs].sort(), 'GET overview has every run');
+  const rowsOf = () => frame.locator('[data-testid=overview-row]').evaluateAll((rs) => rs.map((r) => ({
+    run: r.dataset.run, status: r.dataset.status, cause: r.dataset.cause, step: r.dataset.step, text: r.textContent})));
+  const rows = await rowsOf();
+  assert.deepEqual(rows.map((r) => r.run), ov.runs.map((r) => r.run), 'every run, in the backend order (worst first)');
+  const rank = {'nonfinite': 0, 'anomalies': 1, 'healthy': 2, 'no data': 3};
+  for (let i = 1; i < ov.runs.length; i++) assert.ok(rank[ov.runs[i - 1].status] <= rank[ov.runs[i].status], 'worst status first');
+  ov.runs.forEach((r, i) => {
+    const row = rows[i];
+    assert.equal(row.status, r.status, `${r.run}: status`);
+    assert.equal(row.cause, r.first ? r.first.cause : '', `${r.run}: first anomaly's cause`);
+    assert.equal(row.step, r.first ? String(r.first.step) : '', `${r.run}: first anomaly's step`);
+    if (r.first) {
+      assert.ok(row.text.includes(`${Math.round(r.first.confidence * 100)}%`), `${r.run}: its confidence shown`);
+      assert.ok(row.text.includes(r.first.kind), `${r.run}: its kind shown`);
+    }
+  });
+  // each run's first anomaly is /timeline's first (the one the run view shows)
+  for (const r of ov.runs.slice(0, 12)) {
+    if (r.run === args['big-run']) continue;
+    const t = await getJSON(`/timeline?run=${encodeURIComponent(r.run)}&width=50`);
+    assert.equal(r.anomalies, t.anomalies.length, `${r.run}: the count`);
+    if (t.anomalies.length) {
+      assert.equal(r.first.step, t.anomalies[0].step);
+      assert.equal(r.first.cause, t.anomalies[0].cause.cause);
+      assert.equal(r.first.confidence, t.anomalies[0].cause.confidence);
+    }
+  }
+  await shot('overview.png');
+  // the cause filter
+  const causes = Object.keys(ov.cause_counts);
+  if (causes.length) {
+    const cause = causes.includes('adam_epsilon') ? 'adam_epsilon' : causes[0];
+    await frame.locator('[data-testid=overview-filter]').selectOption(cause);
+    const shown = (await rowsOf()).map((r) => r.run);
+    assert.deepEqual(shown, ov.runs.filter((r) => r.causes.includes(cause)).map((r) => r.run), `filtered by ${cause}`);
+    assert.equal(shown.length, ov.cause_counts[cause]);
+    await frame.locator('[data-testid=overview-filter]').selectOption('');
+    assert.equal((await rowsOf()).length, ov.runs.length, 'the filter cleared');
+  }
+  // dark
+  await page.evaluate(() => document.body.classList.add('dark-mode'));
+  await frame.waitForFunction(() => document.body.classList.contains('dark'));
+  await page.waitForTimeout(200);
+  await shot('overview-dark.png');
+  await page.evaluate(() => document.body.classList.remove('dark-mode'));
+  await frame.waitForFunction(() => !document.body.classList.contains('dark'));
+  // a click opens the run
+  await frame.evaluate(() => { const m = document.querySelector('main.app'); m.dataset.drawMs = ''; m.dataset.run = ''; });
+  await frame.locator(`[data-testid=overview-row][data-run="${open}"]`).click();
+  await waitDrawn(frame, open);
+  assert.equal(await frame.evaluate(() => document.querySelector('main.app').dataset.view), 'run');
+  assert.equal(await frame.locator('[data-testid=overview]').isVisible(), false, 'the overview is hidden');
+  assert.equal(await frame.locator('[data-testid=run-select]').inputValue(), open, 'the select shows the opened run');
+  const o = ov.runs.find((r) => r.run === open);
+  if (o.first) {
+    const markerStep = await frame.locator('[data-testid=anomaly-marker]').evaluateAll((ms) => Math.min(...ms.map((m) => Number(m.dataset.step))));
+    assert.equal(markerStep, o.first.step, 'the run opened has the first anomaly the overview showed');
+  }
+  // "all runs" in the select comes back, and a second click opens it again
+  await frame.locator('[data-testid=run-select]').selectOption('');
+  await frame.locator('[data-testid=overview-row]').first().waitFor();
+  assert.equal(await frame.locator('[data-testid=timeline]').isVisible(), false);
+  await frame.evaluate(() => { const m = document.querySelector('main.app'); m.dataset.drawMs = ''; m.dataset.run = ''; });
+  await frame.locator(`[data-testid=overview-row][data-run="${open}"]`).press('Enter');
+  await waitDrawn(frame, open);
+  log('overview ok', ov.runs.length, 'runs', JSON.stringify(ov.status_counts));
+}
+
 const t0 = Date.now();
 try {
   const runs = (await getJSON('/runs')).runs.map((r) => r.run);
@@ -283,7 +360,8 @@ try {
   const frame = pluginFrame();
   await frame.locator('[data-testid=run-select]').waitFor({timeout: 60000});
   const options = await frame.locator('[data-testid=run-select] option').evaluateAll((os) => os.map((o) => o.value));
-  assert.deepEqual(options, runs, 'the run selector lists the runs of /runs');
+  assert.deepEqual(options.filter((v) => v !== ''), runs, 'the run selector lists the runs of /runs');
+  if (runs.length > 1) assert.equal(options[0], '', 'and "all runs" (the overview) first');
 
   // 2. The main run: markers = anomalies; click one -> the right cause, layer, heatmap row.
   const candidates = [];
@@ -297,7 +375,8 @@ try {
     candidates.find((c) => c.t.anomalies.length) || candidates[0];
   assert.ok(main, 'a run to test');
   log('main run', main.run, 'anomalies', main.t.anomalies.length);
-  await selectRun(frame, main.run);
+  if (runs.length > 1) await overviewChecks(frame, runs, main.run);
+  else await selectRun(frame, main.run);
   const markers = frame.locator('[data-testid=anomaly-marker]');
   assert.equal(await markers.count(), main.t.anomalies.length, 'one marker per anomaly');
   const markerSteps = await markers.evaluateAll((ms) => ms.map((m) => Number(m.dataset.step)));

@@ -498,7 +498,7 @@ def layers(run: RunData) -> Dict:
 
 # Worst first: a run with non-finite values, then one with anomalies, then
 # a healthy one.
-STATUS_RANK = {"nonfinite": 0, "anomalies": 1, "healthy": 2, "no data": 3}
+STATUS_RANK = {"nonfinite": 0, "anomalies": 1, "healthy": 2, "no data": 3, "pending": 4}
 
 
 def run_summary(run: RunData, anomalies: List[Dict]) -> Dict:
@@ -537,11 +537,16 @@ def run_summary(run: RunData, anomalies: List[Dict]) -> Dict:
     })
 
 
-def run_summary_empty(name: str) -> Dict:
+def run_summary_empty(name: str, status: str = "no data") -> Dict:
     """The /overview entry of a run whose series hold no rows."""
-    return {"run": name, "status": "no data", "steps": 0, "first_step": None,
+    return {"run": name, "status": status, "steps": 0, "first_step": None,
             "last_step": None, "anomalies": 0, "nonfinite_steps": 0,
             "first": None, "causes": []}
+
+
+def run_summary_pending(name: str) -> Dict:
+    """The /overview entry of a run not analysed yet (a later request has it)."""
+    return run_summary_empty(name, "pending")
 
 
 def overview_order(entry: Dict):
@@ -555,8 +560,12 @@ def overview_order(entry: Dict):
             first.get("step", float("inf")), entry["run"])
 
 
-def overview(entries: List[Dict]) -> Dict:
-    """The /overview payload: every run's entry, worst first, with counts."""
+def overview(entries: List[Dict], pending: int = 0) -> Dict:
+    """The /overview payload: every run's entry, worst first, with counts.
+
+    `pending`: how many runs are still to be analysed (those new ones have
+    status "pending"; changed ones keep their previous entry meanwhile).
+    """
     entries = sorted(entries, key=overview_order)
     statuses = {s: 0 for s in ("nonfinite", "anomalies", "healthy")}
     by_cause = {}
@@ -564,5 +573,5 @@ def overview(entries: List[Dict]) -> Dict:
         statuses[e["status"]] = statuses.get(e["status"], 0) + 1
         for c in e["causes"]:
             by_cause[c] = by_cause.get(c, 0) + 1
-    return {"runs": entries, "total": len(entries), "status_counts": statuses,
-            "cause_counts": by_cause}
+    return {"runs": entries, "total": len(entries), "pending": int(pending),
+            "status_counts": statuses, "cause_counts": by_cause}

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import threading
+import time
 
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
@@ -43,6 +44,10 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _INT = re.compile(r"^-?[0-9]{1,18}$")
 _CACHE_RUNS = 8
 _UNLIMITED = 10**9  # "every point": no series holds this many
+# GET overview analyses new or changed runs for about this long (at least
+# one per request), then answers with the rest pending: a sweep's first
+# overview fills in over a few requests instead of one long one.
+OVERVIEW_BUDGET_S = 2.0
 
 
 def _quote(text, limit=120):
@@ -223,6 +228,9 @@ class StabilityPlugin(base_plugin.TBPlugin):
         eid = plugin_util.experiment_id(request.environ)
         mapping = self._list(ctx, eid)
         entries = []
+        pending = 0
+        deadline = time.monotonic() + OVERVIEW_BUDGET_S
+        analysed = 0
         for run in sorted(mapping):
             tags = mapping[run]
             if metadata.TAG_GLOBAL not in tags:
@@ -232,7 +240,15 @@ class StabilityPlugin(base_plugin.TBPlugin):
             with self._lock:
                 cached = self._summaries.get(key)
             if cached is None or cached[0] != fingerprint:
+                if analysed and time.monotonic() > deadline:
+                    # Out of time: the next request goes on (a changed run
+                    # keeps its previous summary meanwhile).
+                    pending += 1
+                    entries.append(cached[1] if cached is not None
+                                   else payloads.run_summary_pending(run))
+                    continue
                 entry = self._summary(ctx, eid, run, fingerprint, tags)
+                analysed += 1
                 cached = (fingerprint, entry)
                 with self._lock:
                     self._summaries[key] = cached
@@ -241,7 +257,7 @@ class StabilityPlugin(base_plugin.TBPlugin):
         with self._lock:  # runs gone from the logdir
             for key in [k for k in self._summaries if k[0] == eid and k not in listed]:
                 del self._summaries[key]
-        return self._json(request, payloads.overview(entries))
+        return self._json(request, payloads.overview(entries, pending))
 
     # -- implementation ------------------------------------------------
 

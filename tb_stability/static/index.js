@@ -269,19 +269,25 @@ class App {
     await this.loadOverview();
   }
 
+  /** GET overview, again while runs are pending (a sweep's first look
+   * fills in over a few requests: the backend answers every ~2 s). */
   async loadOverview() {
     const token = ++this.overviewToken;
-    this.setStatus('loading the runs\u2026');
-    let data;
-    try {
-      data = await api.overview();
-    } catch (e) {
-      if (token === this.overviewToken) this.setStatus(`Could not summarise the runs: ${e.message}`, 'error');
-      return;
+    this.setStatus('summarising the runs\u2026');
+    for (;;) {
+      let data;
+      try {
+        data = await api.overview();
+      } catch (e) {
+        if (token === this.overviewToken) this.setStatus(`Could not summarise the runs: ${e.message}`, 'error');
+        return;
+      }
+      if (token !== this.overviewToken || this.view !== 'overview') return;
+      this.overview = data;
+      this.renderOverview();
+      if (!(data.pending > 0)) break;
+      this.setStatus(`analysing ${formatStep(data.pending)} more run${data.pending === 1 ? '' : 's'}\u2026`);
     }
-    if (token !== this.overviewToken || this.view !== 'overview') return;
-    this.overview = data;
-    this.renderOverview();
     this.setStatus('');
   }
 
@@ -296,6 +302,7 @@ class App {
     }));
     this.facts.textContent = '';
     this.main.dataset.overviewRuns = String(data.total);
+    this.main.dataset.overviewPending = String(data.pending || 0);
   }
 
   /** Opens a run from the overview (as choosing it in the select). */

@@ -559,6 +559,7 @@ export const RUN_STATUS = {
   'anomalies': 'anomalies',
   'healthy': 'healthy',
   'no data': 'no data',
+  'pending': 'analysing\u2026',
 };
 
 /** The overview's runs whose anomalies have `cause` among their top
@@ -586,5 +587,6 @@ export function overviewLine(overview) {
   if (c.nonfinite) parts.push(`${formatStep(c.nonfinite)} non-finite`);
   if (c.anomalies) parts.push(`${formatStep(c.anomalies)} with anomalies`);
   if (c.healthy) parts.push(`${formatStep(c.healthy)} healthy`);
+  if (overview && overview.pending > 0) parts.push(`${formatStep(overview.pending)} still being analysed`);
   return `${formatStep(n)} run${n === 1 ? '' : 's'}${parts.length ? ': ' + parts.join(', ') : ''}`;
 }

@@ -265,6 +265,7 @@ async function zoomChecks(f, run, big) {
  * cause, and opens a run on click. Ends with `open` drawn. */
 async function overviewChecks(frame, runs, open) {
   await frame.locator('[data-testid=overview-row]').first().waitFor({timeout: 120000});
+  await frame.waitForFunction(() => document.querySelector('main.app').dataset.overviewPending === '0', null, {timeout: 240000});
   assert.equal(await frame.evaluate(() => document.querySelector('main.app').dataset.view), 'overview', 'the landing view');
   assert.equal(await frame.locator('[data-testid=timeline]').isVisible(), false, 'no run drawn under it');
   const ov = await getJSON('/overview');

@@ -35,4 +35,5 @@ test('overviewLine counts the statuses in words', () => {
   assert.equal(overviewLine(OVERVIEW), '4 runs: 1 non-finite, 2 with anomalies, 1 healthy');
   assert.equal(overviewLine({total: 1, status_counts: {healthy: 1}}), '1 run: 1 healthy');
   assert.equal(overviewLine(null), '0 runs');
+  assert.equal(overviewLine({total: 3, pending: 2, status_counts: {healthy: 1}}), '3 runs: 1 healthy, 2 still being analysed');
 });

@@ -40,7 +40,7 @@ export function overviewView(overview, opts) {
     },
     el('td', {}, el('span', {class: `status-chip status-${r.status.replace(/\W/g, '')}`}, RUN_STATUS[r.status] || r.status)),
     el('td', {class: 'run-cell', title: r.run}, middleEllipsis(r.run, RUN_CHARS)),
-    el('td', {class: 'num', title: 'anomalies in the run'}, formatStep(r.anomalies)),
+    el('td', {class: 'num', title: 'anomalies in the run'}, r.status === 'pending' ? '' : formatStep(r.anomalies)),
     el('td', {}, kind),
     el('td', {class: 'num'}, f ? formatStep(f.step) : ''),
     el('td', {class: 'cause-cell', title: f ? f.title : ''},

@@ -606,3 +606,34 @@ def test_runs_up_to_max_rows_are_served_whole(monkeypatch):
     assert ev["variables_total"] == 256 and len(ev["variables"]) == 4
     assert 7 in ev["variable_index"] and 200 in ev["variable_index"]
     assert ev["variables"][ev["highlight"]["index"]] == "m/l200/kernel"
+
+
+def test_cited_steps_are_parsed_from_the_top_cause():
+    causes = [{"evidence": ["RMS(g²/v̂) of m/d/bias crossed 1.0 at step 3,438, 9 steps before",
+                            "Adam's largest effective step rose from 13 to 39 between steps "
+                            "1400 and 3400 as the second moment decayed.",
+                            "for 47 steps (geometric growth)"]},
+              {"evidence": ["at step 5"]}]  # not the top cause
+    assert payloads.cited_steps(causes) == [1400, 3400, 3438]
+    assert payloads.cited_steps([]) == [] and payloads.cited_steps([{"evidence": None}]) == []
+
+
+def test_evidence_window_spans_the_steps_the_evidence_names():
+    """Issue 18: the card cited a crossing at step 3438 that the heatmap
+    (onset - 32 .. peak + 8) could leave out. A cited step up to
+    MAX_CITED_REACH outside the window widens it; its column is served."""
+    run = _wide_run(4, steps=400)
+    anomaly = _anomaly("m/l1/kernel", step=200, peak=210)
+    plain = payloads.anomaly_detail(run, anomaly)["evidence"]
+    assert plain["steps"][0] == 168 and plain["steps"][-1] == 218
+    assert plain["cited_steps"] == []
+    anomaly["causes"][0]["evidence"] = ["it crossed 1.0 at step 120, before the onset",
+                                        "and stayed high until step 260"]
+    cited = payloads.anomaly_detail(run, anomaly)["evidence"]
+    assert cited["cited_steps"] == [120, 260]
+    assert cited["steps"][0] == 120 and cited["steps"][-1] == 260
+    assert {120, 200, 210, 260} <= set(cited["steps"])
+    # too far to widen to (no per-step detail is kept that far): not widened
+    anomaly["causes"][0]["evidence"] = [f"from step {200 - 32 - payloads.MAX_CITED_REACH - 1}"]
+    far = payloads.anomaly_detail(run, anomaly)["evidence"]
+    assert far["steps"][0] == 168

@@ -16,6 +16,7 @@ every step (the loss, the gradient norms); anywhere else it is `null`.
 """
 
 import math
+import re
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -47,6 +48,10 @@ RANK_STATS = ("grad_norm", "update_ratio", "rms_ratio")
 RANK_NONFINITE = ("grad_nonfinite", "weight_nonfinite", "moment_nonfinite")
 RANK_MAX_DECADES = 12.0  # a rise is counted up to 10**12 times its level
 MAX_GLOBAL_ROWS = 4096
+# A step the top cause's evidence names ("crossed 1.0 at step 3438") up to
+# this many steps outside the evidence window widens the window to it.
+MAX_CITED_REACH = 1024
+_CITED_STEP = re.compile(r"\bsteps? ([0-9][0-9,]*)(?: (?:and|to) ([0-9][0-9,]*))?")
 MAX_SKIPPED_LISTED = 10_000
 
 
@@ -288,25 +293,64 @@ def _columns(steps: np.ndarray, onset: int, peak: int,
     return np.unique(np.concatenate([near_onset, near_peak]))
 
 
-def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int]):
+def cited_steps(causes: List[Dict]) -> List[int]:
+    """The steps the top cause's evidence sentences name, ascending.
+
+    As in "crossed 1.0 at step 3438" or "between steps 1400 and 3400".
+    """
+    out = set()
+    for sentence in (causes[0].get("evidence") or []) if causes else []:
+        if not isinstance(sentence, str):
+            continue
+        for m in _CITED_STEP.finditer(sentence):
+            for g in m.groups():
+                if g:
+                    try:
+                        out.add(int(g.replace(",", "")))
+                    except ValueError:
+                        pass
+    return sorted(out)
+
+
+def _widened(lo: int, hi: int, cited) -> tuple:
+    """[lo, hi] widened to the cited steps at most MAX_CITED_REACH outside."""
+    for s in cited:
+        if lo - MAX_CITED_REACH <= s < lo:
+            lo = s
+        elif hi < s <= hi + MAX_CITED_REACH:
+            hi = s
+    return lo, hi
+
+
+def _with_cited(cols: np.ndarray, steps: np.ndarray, cited) -> np.ndarray:
+    """`cols` plus the columns at the cited steps (kept whatever the cap)."""
+    at = np.flatnonzero(np.isin(steps, np.asarray(list(cited), np.int64))) if len(cited) else []
+    return np.union1d(cols, at).astype(np.int64) if len(at) else cols
+
+
+def evidence_window(run: RunData, onset: int, peak: int, end: Optional[int], cited=()):
     """(steps, [k, vars, stats], resolution) around an anomaly.
 
     Per-step detail rows from `detail_before` steps before the onset to
-    `detail_after` after the peak when the writer kept them; otherwise the
-    per-window maxima over the same range widened by two windows.
+    `detail_after` after the peak, widened to the `cited` steps (those the
+    evidence names) up to MAX_CITED_REACH outside, when the writer kept
+    them; otherwise the per-window maxima over the same range widened by
+    two windows. The columns at cited steps are always kept.
     """
     config = run.config
     before, after = config.detail_before, config.detail_after
-    steps, rows = run.detail_between(onset - before, peak + after)
+    lo, hi = _widened(onset - before, peak + after, cited)
+    steps, rows = run.detail_between(lo, hi)
     if len(steps) >= 2:
-        cols = _columns(steps, onset, peak)
+        cols = _with_cited(_columns(steps, onset, peak), steps, cited)
         return steps[cols], rows[cols], "step"
     window = config.window
     ws = run.window_steps
     if not len(ws) or run.window.ndim != 4:
         return steps, rows, "step"
-    lo = int(np.searchsorted(ws, onset - before - window))
-    hi = int(np.searchsorted(ws, max(peak, end or peak) + 2 * window, side="right"))
+    wlo, whi = _widened(onset - before - window, max(peak, end or peak) + 2 * window, cited)
+    lo = int(np.searchsorted(ws, wlo))
+    hi = int(np.searchsorted(ws, whi, side="right"))
     agg = metadata.WINDOW_AGGREGATES.index("max")
     cols = _columns(ws[lo:hi], onset, peak)
     return ws[lo:hi][cols], run.window[lo:hi, :, :, agg][cols], "window"
@@ -407,8 +451,9 @@ def _global_rows(run: RunData, anomaly: Dict, steps: np.ndarray) -> np.ndarray:
 
 def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
     """The /anomaly payload: the causes and the evidence around it."""
+    cited = cited_steps(anomaly["causes"])
     steps, rows, resolution = evidence_window(
-        run, anomaly["step"], anomaly["peak_step"], anomaly["end_step"])
+        run, anomaly["step"], anomaly["peak_step"], anomaly["end_step"], cited)
     n_vars = rows.shape[1] if rows.ndim == 3 else 0
     all_names = list(run.variables[:n_vars])
     all_names += [f"var{i}" for i in range(len(all_names), n_vars)]
@@ -452,6 +497,7 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
             "variables": variables,
             "variables_total": n_vars,
             "stats_every": run.config.stats_every,
+            "cited_steps": cited,
             "variable_index": served.tolist(),
             "implicated": list(dict.fromkeys(position[i] for i in implicated if i in position)),
             "layers": [layer_of(v) for v in variables],

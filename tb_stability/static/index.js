@@ -590,6 +590,7 @@ class App {
     this.heatmap.setData({steps, variables, matrix, stat, norm: this.heatNorm, highlight, highlightRow: hlRow,
       selectedVariable: varIndex, resolution: ev.resolution, available,
       variableIndex: variables.map((_, i) => variableIndex(ev, i)),
+      citedSteps: Array.isArray(ev.cited_steps) ? ev.cited_steps : [],
       rowsNote: [evidenceRowsNote(ev), evidenceSparseNote(ev, stat)].filter(Boolean).join(' \u00b7 ') || null});
     this.adamBox.hidden = false;
     const g = detail.global || {};

@@ -432,6 +432,22 @@ try {
     if (hl && hl.onset_step !== null) {
       assert.equal(await frame.locator('[data-testid=heatmap-onset]').getAttribute('data-step'), String(hl.onset_step));
     }
+    // The evidence window holds the steps the sentences name (those within
+    // reach of the anomaly: per-step detail is kept around it), each marked.
+    const cited = detail.evidence.cited_steps || [];
+    const evSteps = detail.evidence.steps;
+    const reach = [target.step - 32 - 1024, target.peak_step + 8 + 1024];
+    for (const st of cited) {
+      if (st < reach[0] || st > reach[1]) continue;
+      assert.ok(evSteps[0] <= st && st <= evSteps[evSteps.length - 1], `cited step ${st} in the window ${evSteps[0]}..${evSteps.at(-1)}`);
+      assert.equal(await frame.locator(`[data-testid=heatmap-cited][data-step="${st}"]`).count(), 1, `cited step ${st} marked`);
+    }
+    for (const sentence of top.evidence || []) {
+      for (const m of sentence.matchAll(/\bat step ([0-9][0-9,]*)/g)) {
+        assert.ok(cited.includes(Number(m[1].replace(/,/g, ''))), `"${sentence}": its step is listed as cited`);
+      }
+    }
+    log('cited steps in the window', JSON.stringify(cited), `${evSteps[0]}..${evSteps.at(-1)}`);
     await page.waitForTimeout(300);
     const cardShot = await shot('cause-card.png');
     if (args.docs) {

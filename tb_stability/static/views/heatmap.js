@@ -208,6 +208,13 @@ export class HeatmapView {
       axis.appendChild(el('span', {class: 'hm-tick', style: {left: `${(j + 0.5) * (W / cols)}px`}}, formatStepShort(d.steps[j])));
     }
     const hl = d.highlight || {};
+    // the steps the evidence sentences name, marked under the columns
+    for (const step of Array.isArray(d.citedSteps) ? d.citedSteps : []) {
+      if (!(step >= d.steps[0] && step <= d.steps[cols - 1])) continue;
+      const j = nearestIndex(d.steps, step);
+      axis.appendChild(el('span', {class: 'hm-cited', 'data-testid': 'heatmap-cited', 'data-step': step,
+        title: `step ${formatStep(step)}, named in the evidence`, style: {left: `${(j + 0.5) * (W / cols)}px`}}, '\u25b2'));
+    }
     if (hl.onset_step !== undefined && hl.onset_step !== null) {
       const j = nearestIndex(d.steps, hl.onset_step);
       axis.appendChild(el('span', {class: 'hm-tick onset', 'data-testid': 'heatmap-onset', 'data-step': hl.onset_step,
@@ -233,9 +240,9 @@ export class HeatmapView {
     s.appendChild(el('span', {class: 'swatch', style: {background: `rgb(${NONFINITE.join(',')})`}}));
     s.appendChild(el('span', {}, 'NaN/Inf'));
     s.appendChild(el('span', {class: 'swatch swatch-empty'}));
-    s.appendChild(el('span', {}, 'not recorded'));
+    s.appendChild(el('span', {}, 'not measured'));
     s.appendChild(el('span', {class: 'swatch line'}));
-    s.appendChild(el('span', {}, 'onset (solid), peak (dashed), implicated variable (box)'));
+    s.appendChild(el('span', {}, 'onset (solid), peak (dashed), implicated variable (box), \u25b2 a step the evidence names'));
   }
 
   hover(e) {
@@ -243,7 +250,8 @@ export class HeatmapView {
     const r = this.canvas.getBoundingClientRect();
     const j = Math.floor((e.clientX - r.left) / this.colW), i = Math.floor((e.clientY - r.top) / this.rowH);
     if (i < 0 || j < 0 || i >= d.variables.length || j >= d.steps.length) { this.tip.style.display = 'none'; return; }
-    this.tip.textContent = `${d.variables[i]}\nstep ${formatStep(d.steps[j])}: ${formatNumber(d.matrix[i][j])}`;
+    const v = d.matrix[i][j];
+    this.tip.textContent = `${d.variables[i]}\nstep ${formatStep(d.steps[j])}: ${v === null || v === undefined ? 'not measured' : formatNumber(v)}`;
     this.tip.style.display = 'block';
     const x = e.clientX - r.left, y = e.clientY - r.top;
     this.tip.style.left = `${Math.min(x + 12, r.width - 260)}px`;

@@ -5,6 +5,7 @@
 //     --chromium /usr/bin/chromium --artifacts ../test-artifacts \
 //     [--html-run '<img src=x onerror=alert(1)>'] [--big-run synthetic-1m] \
 //     [--docs ../docs/stability-tab.png] [--run seed002-bad]
+// (--docs also writes runs-overview.png next to it.)
 //
 // Exits non-zero on the first failed check; screenshots go to
 // ARTIFACTS/screenshots/. Prints "BENCH timeline_draw_ms=..." for the
@@ -12,7 +13,7 @@
 
 import assert from 'node:assert/strict';
 import {mkdirSync} from 'node:fs';
-import {join} from 'node:path';
+import {dirname, join} from 'node:path';
 import {parseArgs} from 'node:util';
 import {chromium} from 'playwright-core';
 
@@ -298,6 +299,11 @@ async function overviewChecks(frame, runs, open) {
     }
   }
   await shot('overview.png');
+  if (args.docs) {
+    const path = join(dirname(args.docs), 'runs-overview.png');
+    await page.locator('iframe').first().screenshot({path});
+    log('docs screenshot', path);
+  }
   // the cause filter
   const causes = Object.keys(ov.cause_counts);
   if (causes.length) {

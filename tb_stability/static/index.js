@@ -16,7 +16,7 @@ import {api} from './api.js';
 import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
   decodeTimeline, evidenceRowsNote, evidenceSparseNote, findAnomaly, formatNumber, formatPercent, formatStep,
-  highlightRow, mergeTimelines, middleEllipsis, needsZoomFetch, requestWidth, setCauses, shapePath, stepAnomaly,
+  commonPathPrefix, highlightRow, mergeTimelines, middleEllipsis, needsZoomFetch, requestWidth, setCauses, shapePath, stepAnomaly,
   timelineUrl, variableIndex, zoomSteps, zoomWidth,
 } from './model.js';
 import {AdamChartView} from './views/adamChart.js';
@@ -28,7 +28,7 @@ import {ALL_RUNS, runSelector} from './views/runSelector.js';
 import {TimelineView} from './views/timeline.js';
 
 const STORAGE_KEY = 'tb_stability.run';
-const LAYER_CHARS = 28;  // a longer layer name is shortened in the middle (full name on hover)
+const LAYER_CHARS = 16;  // a longer layer name is shortened in the middle (full name on hover)
 const ZOOM_DEBOUNCE_MS = 200;  // a zoom must settle this long before its range is fetched
 
 function loadCss(href) {
@@ -491,6 +491,9 @@ class App {
       list.appendChild(el('p', {class: 'muted'}, 'No anomaly found in this run: the loss stayed within its recent range.'));
     } else {
       const body = el('tbody');
+      // the layers' common "model/" prefix is said once, in the header
+      const layers = t.anomalies.map((a) => (a.cause && a.cause.layer) || '').filter(Boolean);
+      const prefix = layers.length ? commonPathPrefix(layers) : '';
       t.anomalies.forEach((a, i) => {
         const id = anomalyCause(a), s = causeStyle(id), c = a.cause || {};
         body.appendChild(el('tr', {tabindex: 0, 'data-step': a.step, onclick: () => this.select(i),
@@ -500,11 +503,11 @@ class App {
         el('td', {class: 'cause-cell'}, svgShape(shapePath(s.shape, 11), s.color, 11), ' ', s.label),
         el('td', {class: 'num'}, formatPercent(c.confidence)),
         el('td', {class: 'layer-cell', 'data-testid': 'layer-cell', title: c.variable || c.layer || ''},
-          middleEllipsis(c.layer || '', LAYER_CHARS))));
+          middleEllipsis((c.layer || '').slice(c.layer && c.layer.startsWith(prefix) ? prefix.length : 0), LAYER_CHARS))));
       });
       list.appendChild(el('div', {class: 'table-wrap'}, el('table', {class: 'anomalies'},
         el('thead', {}, el('tr', {}, el('th', {}, 'step'), el('th', {}, 'kind'), el('th', {}, 'cause'),
-          el('th', {}, 'conf.'), el('th', {}, 'layer'))), body)));
+          el('th', {}, 'conf.'), el('th', {title: prefix ? `layers in ${prefix}` : null}, prefix ? `layer (in ${middleEllipsis(prefix, 16)})` : 'layer'))), body)));
     }
     this.side.appendChild(list);
   }

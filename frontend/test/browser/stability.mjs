@@ -397,6 +397,19 @@ try {
     assert.equal(await m.locator('path').first().getAttribute('fill'), style.color, `${id}: the registry's colour`);
     assert.equal(await m.locator('path').first().getAttribute('d'), shapePath(style.shape, await markerSize(m)), `${id}: the registry's shape`);
   }
+  // A log loss axis is labelled every decade or few (uPlot's own filter
+  // left two labels over 15 decades), and no label is left blank.
+  const axis = await frame.evaluate(() => {
+    const v = window.tbStability.timelineView;
+    return {log: v.log, values: v.loss.axes[1]._values, min: v.loss.scales.y.min, max: v.loss.scales.y.max,
+      strips: v.signalCharts.map((c) => c.u.axes[1]._values)};
+  });
+  if (axis.log) {
+    const decades = Math.log10(axis.max / axis.min);
+    assert.ok(axis.values.every((t) => t !== ''), `every log tick labelled: ${axis.values}`);
+    assert.ok(axis.values.length >= Math.min(5, Math.floor(decades / 3)), `${axis.values.length} labels over ${decades.toFixed(0)} decades`);
+  }
+  for (const vals of axis.strips) assert.ok(vals.every((t) => t !== ''), `strip ticks labelled: ${vals}`);
   const legend = await frame.locator('[data-testid=legend] .legend-item').evaluateAll((is) => is.map((i) => [i.dataset.cause, i.textContent]));
   for (const [id, text] of legend) assert.ok(text.includes(causeStyle(id, registry).label), `legend: ${id} labelled from the registry`);
   await shot('timeline.png');

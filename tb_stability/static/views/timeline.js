@@ -199,7 +199,12 @@ export class TimelineView {
   lossOptions(width, colors) {
     const o = this.common(width, LOSS_HEIGHT, colors);
     o.scales = {x: {time: false}, y: this.log ? {distr: 3, log: 10} : {}};
-    if (this.log) o.axes[1].splits = (u, i, min, max) => logSplits(min, max, 7);
+    if (this.log) {
+      // a label on every tick logSplits chose (a decade or a few): uPlot's
+      // own log filter would blank all but two over 15 decades
+      o.axes[1].splits = (u, i, min, max) => logSplits(min, max, Math.max(3, Math.floor(LOSS_HEIGHT / 28)));
+      o.axes[1].filter = (u, splits) => splits;
+    }
     o.series = [
       {label: 'step'},
       {label: 'loss min', stroke: colors.loss, width: 1},
@@ -222,8 +227,12 @@ export class TimelineView {
     o.axes[1].size = AXIS_SIZE;
     o.axes[1].values = (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 2)));
     o.axes[1].space = 20;
+    o.padding = [8, 16, 6, 0];  // room for the lowest label (no x axis under a strip)
     o.scales = {x: {time: false}, y: log ? {distr: 3, log: 10} : {}};
-    if (log) o.axes[1].splits = (u, i, min, max) => logSplits(min, max, 3);
+    if (log) {
+      o.axes[1].splits = (u, i, min, max) => logSplits(min, max, 3);
+      o.axes[1].filter = (u, splits) => splits;
+    }
     o.series = [
       {label: 'step'},
       {label: sig.key + ' min', stroke: sig.band ? colors.signal : 'transparent', width: 1, spanGaps: !!sig.sparse},
@@ -300,6 +309,20 @@ export class TimelineView {
       ctx.lineWidth = dpr;
       ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
       ctx.setLineDash([]);
+      // the line says what it is, at its right end, above (or under) it
+      ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+      ctx.textAlign = 'right';
+      const above = y - top > 14 * dpr;
+      ctx.textBaseline = above ? 'bottom' : 'top';
+      const label = `${formatNumber(ref, 2)} = steady state`;
+      const tx = left + width - 4 * dpr, ty = above ? y - 2 * dpr : y + 2 * dpr;
+      const tw = ctx.measureText(label).width, th = 11 * dpr;
+      ctx.fillStyle = this.colors.bg;  // on a backing box: readable over the curve
+      ctx.globalAlpha = 0.85;
+      ctx.fillRect(tx - tw - 3 * dpr, above ? ty - th : ty, tw + 6 * dpr, th);
+      ctx.globalAlpha = 1;
+      ctx.fillStyle = this.colors.accent;
+      ctx.fillText(label, tx, ty);
     }
     // one faint tick per anomaly on the strip charts, in its cause colour
     if (!isLoss) {

@@ -590,3 +590,48 @@ export function overviewLine(overview) {
   if (overview && overview.pending > 0) parts.push(`${formatStep(overview.pending)} still being analysed`);
   return `${formatStep(n)} run${n === 1 ? '' : 's'}${parts.length ? ': ' + parts.join(', ') : ''}`;
 }
+
+// ---------------------------------------------------------------- card words
+
+const finite = (v) => typeof v === 'number' && Number.isFinite(v);
+
+/** What an anomaly's `severity` measures, in words (REPORT.md): decades
+ * above the baseline for a spike, divergence or instability, consecutive
+ * non-finite steps, or the share of the run a plateau lasted; null when
+ * there is nothing to say. */
+export function severityWords(a) {
+  const s = a ? decodeFloat(a.severity) : null;
+  if (!finite(s)) return null;
+  switch (a.kind) {
+    case 'spike': case 'divergence': case 'instability':
+      return `${formatNumber(s, 2)} decade${s === 1 ? '' : 's'} above the loss before it (\u00d7${formatNumber(10 ** s, 2)})`;
+    case 'nonfinite':
+      return `${formatStep(Math.round(s))} consecutive non-finite step${Math.round(s) === 1 ? '' : 's'}`;
+    case 'plateau':
+      return `stuck for ${formatPercent(s)} of the run`;
+    default:
+      return `severity ${formatNumber(s, 3)}`;
+  }
+}
+
+/** The card's loss line, in words fitting the kind: the level a plateau
+ * is stuck at, the best loss an instability returns far above, and for a
+ * jump the loss before it and at its peak (with the factor); null when no
+ * finite number is known. */
+export function lossWords(a) {
+  if (!a) return null;
+  const base = decodeFloat(a.baseline), peak = decodeFloat(a.peak_value);
+  const ok = (v) => finite(v);
+  if (a.kind === 'plateau') return ok(base) ? `stuck at ${formatNumber(base)}` : null;
+  if (a.kind === 'nonfinite') {
+    return ok(base) ? `${formatNumber(base)} before it, then not finite (NaN/Inf)` : 'not finite (NaN/Inf)';
+  }
+  const before = a.kind === 'instability' ? 'best before' : 'before';
+  if (ok(base) && ok(peak)) {
+    const factor = base > 0 ? ` (\u00d7${formatNumber(peak / base, 3)})` : '';
+    return `${before} ${formatNumber(base)} \u2192 peak ${formatNumber(peak)}${factor}`;
+  }
+  if (ok(peak)) return `peak ${formatNumber(peak)}`;
+  if (ok(base)) return `${before} ${formatNumber(base)}`;
+  return null;
+}

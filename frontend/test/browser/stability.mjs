@@ -434,6 +434,15 @@ try {
       assert.match(variableText, /none implicated/);
     }
     assert.equal(await frame.locator('[data-testid=cause-fix]').textContent(), top.fix);
+    // every number on the card in words: what "how bad" measures, no bare dashes
+    const cardText = await card.textContent();
+    assert.ok(!/severity \d/.test(cardText), 'no bare "severity N"');
+    if (await frame.locator('[data-testid=anomaly-severity]').count()) {
+      assert.match(await frame.locator('[data-testid=anomaly-severity]').textContent(), /decades? above|non-finite steps?|of the run/);
+    }
+    if (await frame.locator('[data-testid=anomaly-loss]').count()) {
+      assert.ok(!(await frame.locator('[data-testid=anomaly-loss]').textContent()).includes('\u2014'), 'the loss line has no dash for a number');
+    }
     assert.equal(await frame.locator('[data-testid=cause-evidence] li').count(), (top.evidence || []).length);
     await frame.locator('[data-testid=heatmap-row]').first().waitFor({timeout: 30000});
     const rows = await frame.locator('[data-testid=heatmap-row]').evaluateAll((rs) => rs.map((r) => r.dataset.variable));

@@ -11,8 +11,7 @@
 //     ol.alternatives  [data-testid=cause-alternatives]
 
 import {
-  anomalyCause, causeStyle, decodeFloat, formatLead, formatNumber, formatPercent,
-  formatStep, shapePath,
+  anomalyCause, causeStyle, formatLead, formatPercent, formatStep, lossWords, severityWords, shapePath,
 } from '../model.js';
 import {el, svgShape} from './dom.js';
 
@@ -32,22 +31,12 @@ function confidenceBar(p, color) {
     el('span', {class: 'conf-text'}, formatPercent(p)));
 }
 
-function lossLine(a) {
-  const base = decodeFloat(a.baseline), peak = decodeFloat(a.peak_value);
-  const parts = [`baseline ${formatNumber(base)}`, `peak ${formatNumber(peak)}`];
-  if (base !== null && peak !== null && Number.isFinite(base) && Number.isFinite(peak) && base > 0) {
-    parts.push(`(\u00d7${formatNumber(peak / base, 3)})`);
-  }
-  return parts.join(' \u2192 ').replace(' \u2192 (', ' (');
-}
-
 function stepsLine(a) {
   const parts = [`onset ${formatStep(a.step)}`];
-  if (a.peak_step !== undefined && a.peak_step !== null) parts.push(`peak ${formatStep(a.peak_step)}`);
-  if (a.end_step !== undefined && a.end_step !== null) parts.push(`end ${formatStep(a.end_step)}`);
-  let s = parts.join(' \u2192 ');
-  if (Number.isFinite(a.severity)) s += `  \u00b7  severity ${formatNumber(a.severity, 3)}`;
-  return s;
+  if (a.peak_step !== undefined && a.peak_step !== null && a.peak_step !== a.step) parts.push(`peak ${formatStep(a.peak_step)}`);
+  if (a.end_step !== undefined && a.end_step !== null) parts.push(`back to normal at ${formatStep(a.end_step)}`);
+  else if (a.kind !== 'plateau') parts.push('not recovered');
+  return parts.join(' \u2192 ');
 }
 
 /**
@@ -90,7 +79,10 @@ export function causeCard(anomaly, detail, opts) {
       implicated ? el('code', {}, implicated) : el('span', {class: 'muted'}, 'none implicated')),
     el('dt', {}, 'lead'), el('dd', {'data-testid': 'cause-lead'}, formatLead(top.lead_steps)),
     el('dt', {}, 'steps'), el('dd', {}, stepsLine(anomaly)),
-    el('dt', {}, 'loss'), el('dd', {'data-testid': 'anomaly-loss'}, lossLine(anomaly)));
+    severityWords(anomaly) ? el('dt', {title: 'how bad: the size of the jump, the length of the NaN run, or of the plateau'}, 'how bad') : null,
+    severityWords(anomaly) ? el('dd', {'data-testid': 'anomaly-severity'}, severityWords(anomaly)) : null,
+    lossWords(anomaly) ? el('dt', {}, 'loss') : null,
+    lossWords(anomaly) ? el('dd', {'data-testid': 'anomaly-loss'}, lossWords(anomaly)) : null);
 
   const evidence = Array.isArray(top.evidence) ? top.evidence : [];
   const card = el('section', {

@@ -1,0 +1,27 @@
+// The cause card's words for the numbers it shows (model.js): what
+// "severity" measures per kind, and the loss line per kind (issue 18:
+// "severity 21", "peak 2.302 (x1)" for a plateau, "baseline — → peak —").
+import assert from 'node:assert/strict';
+import {test} from 'node:test';
+
+import {lossWords, severityWords} from '../../../tb_stability/static/model.js';
+
+test('severityWords says what severity measures for each kind', () => {
+  assert.equal(severityWords({kind: 'spike', severity: 6.34}), '6.3 decades above the loss before it (\u00d72e6)');
+  assert.equal(severityWords({kind: 'divergence', severity: 1}), '1 decade above the loss before it (\u00d710)');
+  assert.equal(severityWords({kind: 'nonfinite', severity: 21}), '21 consecutive non-finite steps');
+  assert.equal(severityWords({kind: 'nonfinite', severity: 1}), '1 consecutive non-finite step');
+  assert.equal(severityWords({kind: 'plateau', severity: 0.994}), 'stuck for 99% of the run');
+  assert.equal(severityWords({kind: 'spike', severity: 'NaN'}), null);
+  assert.equal(severityWords(null), null);
+});
+
+test('lossWords fits the kind and never prints dashes for unknown numbers', () => {
+  assert.equal(lossWords({kind: 'plateau', baseline: 2.302, peak_value: 2.302}), 'stuck at 2.302');
+  assert.equal(lossWords({kind: 'spike', baseline: 1e-9, peak_value: 2e-3}), 'before 1e-9 \u2192 peak 0.002 (\u00d72e6)');
+  assert.equal(lossWords({kind: 'instability', baseline: 0.1, peak_value: 5}), 'best before 0.1 \u2192 peak 5 (\u00d750)');
+  assert.equal(lossWords({kind: 'nonfinite', baseline: null, peak_value: null}), 'not finite (NaN/Inf)');
+  assert.equal(lossWords({kind: 'nonfinite', baseline: 589.5, peak_value: 'NaN'}), '589.5 before it, then not finite (NaN/Inf)');
+  assert.equal(lossWords({kind: 'spike', baseline: null, peak_value: null}), null);
+  assert.ok(!String(lossWords({kind: 'spike', baseline: null, peak_value: 3})).includes('\u2014'));
+});

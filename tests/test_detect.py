@@ -192,3 +192,53 @@ def test_one_step_spike_then_its_damage_are_two_anomalies(seed):
     found = detect_anomalies(np.arange(n), loss)
     assert (found[0].kind, found[0].peak_step, found[0].end_step) == ("spike", at, at + 1)
     assert len(found) >= 2 and found[1].step > at
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_blow_up_in_the_first_steps_is_found(seed):
+    """Before any baseline exists (the first 2 blocks) the first loss is the
+    reference: a rise 100x above it is a spike, or a divergence."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    at = int(rng.integers(1, 20))
+    loss = 2.3 * np.exp(-np.arange(n) / 200) * np.exp(0.05 * rng.normal(size=n))
+    spiky = loss.copy()
+    spiky[at:at + 3] = [50.0, 1e4, 300.0]
+    found = detect_anomalies(np.arange(n), spiky)
+    assert [(a.kind, a.peak_step) for a in found] == [("spike", at + 1)], found
+    diverged = loss.copy()
+    diverged[at:] = 1e4 * np.exp(0.05 * rng.normal(size=n - at))
+    found = detect_anomalies(np.arange(n), diverged)
+    assert [a.kind for a in found] == ["divergence"] and found[0].step <= at + 1, found
+
+
+def test_a_run_up_from_the_first_steps_into_nan_is_one_anomaly():
+    n = 60
+    loss = np.full(n, np.nan)
+    loss[:4] = [5.0, 2.6e3, 4e12, 2.6e36]
+    found = detect_anomalies(np.arange(n), loss)
+    assert [(a.kind, a.step) for a in found] == [("nonfinite", 4)], found
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_loss_falling_fast_from_a_large_start_is_quiet(seed):
+    rng = np.random.default_rng(seed)
+    steps = np.arange(400)
+    loss = 100 * np.exp(-steps / 3) + 0.01 * np.exp(2 * rng.normal(size=400))
+    assert detect_anomalies(steps, loss) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rounding_remnants_of_a_loss_at_exactly_zero_are_no_spikes(seed):
+    """A fit to exactly zero (float32's floor): most steps 0, a few 1e-9 to
+    1e-6 (one example's rounding remnant), far below the first loss."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    loss = np.zeros(n)
+    loss[:4] = [5.0, 2.5, 11.0, 0.3]
+    remnant = rng.random(n) < 0.2
+    loss[4:][remnant[4:]] = 10.0 ** rng.uniform(-9, -5.5, remnant[4:].sum())
+    assert detect_anomalies(np.arange(n), loss) == []
+    # A real blow-up from there still counts.
+    loss[200:203] = [0.5, 3.0, 0.0]
+    assert [a.kind for a in detect_anomalies(np.arange(n), loss)] == ["spike"]

@@ -90,14 +90,16 @@ def test_early_blow_up_then_stall(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_blow_up_in_the_first_steps_then_stall(seed):
-    """No baseline exists yet at step 3: the stall after it is the anomaly."""
+    """No baseline exists yet at step 3: the blow-up is judged against the
+    first loss (a spike), and the stall after it is an anomaly of its own."""
     n = 1500
     rng = np.random.default_rng(seed)
     loss = 0.9 * np.exp(rng.normal(0, 0.05, n))
     loss[0] = 1.0
     loss[1:6] = 10.0 ** np.arange(1, 6)
     found = detect_anomalies(np.arange(n), loss)
-    assert _kinds(found) == [("plateau", "stall")]
+    assert _kinds(found) == [("spike", ""), ("plateau", "stall")], found
+    assert found[0].peak_step == 5 and found[1].step >= found[0].end_step
 
 
 def test_zero_gradients_are_frozen():

@@ -23,6 +23,7 @@ spike), and an excursion whose envelope falls by half its height and rises
 10x again is split there.
 """
 
+import dataclasses
 import math
 import warnings
 from typing import List
@@ -44,6 +45,14 @@ ENVELOPE = 9  # steps of the running maximum a spike train is split on
 QUIET_PASSES = 4  # baselines recomputed without the excursions, at most
 TRAIN_DROP = 0.5  # a spike of a train ends once its envelope fell half its height
 ONE_STEP_DROP = 0.8  # a one-step spike: 80 % of its height gone the next step
+# Before the baseline exists (the first 2 blocks) the reference is the
+# first loss, the untrained model's: an excursion there rises 100x above it.
+EARLY_DECADES = 2.0
+# A loss exactly zero on at least half the previous BLOCK * BLOCKS steps sits
+# at float's floor: its positive values are rounding remnants, and a rise
+# counts only up to FLOOR_MATERIAL decades below the first loss.
+FLOOR_ZEROS = 0.5
+FLOOR_MATERIAL = -3.0
 
 
 def _log10(loss):
@@ -82,6 +91,41 @@ def baseline(y):
             scale_k[j] = np.nanmedian(mad[:j])
     scale_k = np.maximum(np.nan_to_num(scale_k, nan=MIN_SCALE), MIN_SCALE)
     return np.repeat(base_k, BLOCK)[:n], np.repeat(scale_k, BLOCK)[:n]
+
+
+def _early(y, base, scale):
+    """(base, scale, early [n]): the first rows' reference filled in.
+
+    The rows before the first baseline (`baseline` needs 2 blocks) get the
+    first finite loss as their baseline, at the floor scale; `early` marks
+    them (their limit is `EARLY_DECADES`). A loss that falls from its start,
+    however fast and noisily, never rises 100x above it; one that does blew
+    up before any history could show it.
+    """
+    has = np.isfinite(base)
+    upto = int(np.argmax(has)) if has.any() else len(y)
+    early = np.zeros(len(y), bool)
+    finite = np.flatnonzero(np.isfinite(y[:upto]))
+    if len(finite):
+        early[finite[0]:upto] = True
+        base = base.copy()
+        scale = scale.copy()
+        base[early] = y[finite[0]]
+        scale[early] = MIN_SCALE
+    return base, scale, early
+
+
+def _at_floor(loss):
+    """Bool [n]: rows whose previous BLOCK * BLOCKS losses are mostly exactly 0."""
+    zero = np.asarray(loss, np.float64) == 0.0
+    if not zero.any():
+        return zero
+    span = BLOCK * BLOCKS
+    count = np.concatenate([[0], np.cumsum(zero)])
+    idx = np.arange(len(zero))
+    lo = np.maximum(idx - span, 0)
+    seen = np.maximum(idx - lo, 1)
+    return (count[idx] - count[lo]) / seen >= FLOOR_ZEROS
 
 
 def _recovered_at(y, b, first, rec):
@@ -194,7 +238,7 @@ def _hovered(steps, y, spike, onset, floor):
     return not between - math.log10(spike.baseline) <= ONSET
 
 
-def _excursions(steps, loss, y, base, scale, stop_at=None):
+def _excursions(steps, loss, y, base, scale, stop_at=None, early=None):
     """Spikes and divergences: excursions far above the baseline.
 
     An excursion starts at a step over `max(Z * scale, MIN_DECADES)` above
@@ -203,12 +247,22 @@ def _excursions(steps, loss, y, base, scale, stop_at=None):
     that never recovers is a divergence. A divergence that follows a spike
     before the loss settled takes the spike as its onset (one blow-up, one
     anomaly); inside an excursion every re-rise of a train is a spike of its
-    own (`_train_onsets`).
+    own (`_train_onsets`). On the `early` rows (`_early`) the limit is
+    `EARLY_DECADES` above the first loss.
     """
     n = len(y)
     limit = np.maximum(Z * scale, MIN_DECADES)
+    if early is not None:
+        limit = np.where(early, np.maximum(limit, EARLY_DECADES), limit)
     with np.errstate(invalid="ignore"):
-        hot = np.flatnonzero((y - base) > limit)
+        over = (y - base) > limit
+    zeros = _at_floor(loss)
+    if zeros.any():
+        finite = np.flatnonzero(np.isfinite(y))
+        start = y[finite[0]] if len(finite) else np.nan
+        with np.errstate(invalid="ignore"):
+            over &= ~(zeros & (y < start + FLOOR_MATERIAL))
+    hot = np.flatnonzero(over)
     if stop_at is not None:
         hot = hot[hot < stop_at]
     found = []
@@ -400,24 +454,29 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
     if n == 0:
         return []
     y = _log10(loss)
-    base, scale = baseline(y)
+    base, scale, early = _early(y, *baseline(y))
     found = _nonfinite(steps, loss, nonfinite, skipped)
     # Past the first non-finite step a run is broken: no spikes after it.
     first_bad = None
     if found:
         first_bad = int(np.searchsorted(steps, found[0].step))
-    excursions = _excursions(steps, loss, y, base, scale, stop_at=first_bad)
+    excursions = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early)
     for _ in range(QUIET_PASSES):
         # Again, against a baseline the excursions found do not inflate: a
         # spike's tail masked out of it is longer once it is judged against
         # the level before the spike, so this repeats until nothing changes.
         if not excursions:
             break
-        base, scale = _quiet_baseline(steps, y, excursions)
-        again = _excursions(steps, loss, y, base, scale, stop_at=first_bad)
+        base, scale, early = _early(y, *_quiet_baseline(steps, y, excursions))
+        again = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early)
         if again == excursions:
             break
         excursions = again
+    if first_bad is not None:
+        # A blow-up from the first steps that runs into the first
+        # non-finite loss is that anomaly's run-up, not one of its own.
+        excursions = [a for a in excursions if not (
+            a.end_step is None and early[int(np.searchsorted(steps, a.step))])]
     found += excursions
     stop = n if first_bad is None else first_bad
     diverged = [a for a in excursions if a.end_step is None]
@@ -434,6 +493,12 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
             continue
         if any(f.end_step is None or f.end_step > a.step for f in frozen):
             continue
+        # A stall that a spike near its start interrupts (a blow-up in the
+        # first steps, then nothing learned) starts where the spike ended.
+        for e in excursions:
+            if e.end_step is not None and a.step <= e.step < a.step + 2 * BLOCK \
+                    and e.end_step > a.step:
+                a = dataclasses.replace(a, step=e.end_step, peak_step=e.end_step)
         found.append(a)
     if not diverged:
         found += stalls.instability(steps, loss, y, stop,

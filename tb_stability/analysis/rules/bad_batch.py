@@ -6,7 +6,9 @@ steps.
 
 Evidence: a `spike` that recovered within `MAX_SPIKE_STEPS` steps, with
 the global gradient norm at the peak at least `MIN_GRAD_JUMP` times its
-median over the `GRAD_HISTORY_ROWS` rows before. Supporting: at least
+median over the `GRAD_HISTORY_ROWS` rows before, of which at least
+`MIN_HISTORY_ROWS` finite (a spike in the first steps has no healthy
+state to stand out from). Supporting: at least
 `TOGETHER_SHARE` of the tensors' gradient norms jumped more than
 `TENSOR_JUMP` times at once (the batch, not one layer). Against it: one
 layer's gradient jumped alone before the peak
@@ -40,6 +42,7 @@ from tb_stability.metadata import INPUT_COLUMNS, STAT
 MAX_SPIKE_STEPS = 5
 # The global gradient norm at the peak over its median in the rows before (x).
 GRAD_HISTORY_ROWS = 32
+MIN_HISTORY_ROWS = 8
 MIN_GRAD_JUMP = 10
 # Confidence of the isolated spike with its gradient jump.
 CONFIDENCE = 0.6
@@ -161,6 +164,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         return None
     ip = ctx.idx(a.peak_step)
     g = ctx.run.col("grad_norm")
+    if np.isfinite(g[max(0, ip - GRAD_HISTORY_ROWS):ip]).sum() < MIN_HISTORY_ROWS:
+        return None
     ratio = grad_jump(g, ip, ip, GRAD_HISTORY_ROWS)
     if ratio is None or ratio < MIN_GRAD_JUMP:
         return None

@@ -24,8 +24,9 @@ first recorded step a recurrent kernel's gradient (its name says
 `recurrent`: the weights shared across time, whose gradient sums the
 terms of every time lag) was over `FIRST_RATIO` times the median of the
 other kernels', and the update it took moved those weights by at least
-`FIRST_UPDATE` of their norm: that update lifted the recurrence's gain
-and the state and the gradients exploded through the sequence. The
+`FIRST_UPDATE` of their norm (or was not measured: lower confidence):
+that update lifted the recurrence's gain and the state and the gradients
+exploded through the sequence. The
 feed-forward look-alike (an output kernel far above the others because
 every activation is already huge) is `bad_init`; it is not recurrent.
 """
@@ -58,6 +59,7 @@ FIRST_STEPS = 16
 FIRST_RATIO = 10.0
 FIRST_UPDATE = 0.1
 FIRST_CONFIDENCE = 0.7
+UNMEASURED_CONFIDENCE = 0.6  # the update ratio not recorded (RMSprop, ...)
 
 _MAX = metadata.WINDOW_AGGREGATES.index("max")
 _MEAN = metadata.WINDOW_AGGREGATES.index("mean")
@@ -135,13 +137,16 @@ def _first_step_recurrent(ctx: Context, a: Anomaly) -> Optional[Cause]:
     if best is None or ratio < FIRST_RATIO:
         return None
     update = float(row[best, STAT["update_ratio"]])
-    if not (np.isfinite(update) and update >= FIRST_UPDATE):
+    if np.isfinite(update) and update < FIRST_UPDATE:
         return None
+    moved = (f"its update moved it by {update:.0%} of its norm" if np.isfinite(update)
+             else "its update was not measured")
     variable = ctx.name(best)
-    return make_cause(C.EXPLODING_GRADIENT, FIRST_CONFIDENCE, [
-        f"At step {step} the gradient norm of the recurrent kernel {variable} was "
-        f"{fmt(row[best, STAT['grad_norm']])}, {fmt(ratio)}x the other kernels' median, "
-        f"and its update moved it by {update:.0%} of its norm: the recurrence's gain "
-        f"grew and the state and gradients exploded through the sequence "
-        f"({a.kind} from step {a.step})."],
+    return make_cause(
+        C.EXPLODING_GRADIENT,
+        FIRST_CONFIDENCE if np.isfinite(update) else UNMEASURED_CONFIDENCE, [
+            f"At step {step} the gradient norm of the recurrent kernel {variable} was "
+            f"{fmt(row[best, STAT['grad_norm']])}, {fmt(ratio)}x the other kernels' median, "
+            f"and {moved}: the recurrence's gain grew and the state and gradients "
+            f"exploded through the sequence ({a.kind} from step {a.step})."],
         variable=variable, lead=int(a.peak_step - step))

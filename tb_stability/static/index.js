@@ -598,7 +598,7 @@ class App {
     this.adamBox.hidden = false;
     const g = detail.global || {};
     this.adam.setData({steps, variable: variables[varIndex], index: varIndex, stats, optimizer, highlight,
-      globalSteps: Array.isArray(g.steps) ? g.steps : [], loss: decodeArray(g.series && g.series.loss)});
+      globalSteps: Array.isArray(g.steps) ? g.steps : [], effStepMax: decodeArray(g.series && g.series.eff_step_max)});
   }
 
   redrawAll() {

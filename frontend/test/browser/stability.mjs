@@ -454,6 +454,12 @@ try {
       assert.equal(await marked.getAttribute('data-variable'), hl.variable, 'the heatmap highlights the implicated variable');
       assert.equal(await marked.getAttribute('aria-current'), 'true');
       assert.equal(await frame.locator('[data-testid=adam-variable]').textContent(), hl.variable);
+      if (main.t.optimizer && main.t.optimizer.adam) {
+        // every series on an axis of its own unit: no loss drawn on the sqrt(v) axis
+        const labels = await frame.evaluate(() => window.tbStability.adam.u ? window.tbStability.adam.u.series.map((x) => x.label) : []);
+        assert.ok(labels.length && !labels.includes('loss'), `Adam chart series: ${labels}`);
+        assert.ok(labels.some((l) => /largest/.test(l)), 'the largest effective step of any variable (what the sentences quote) is drawn');
+      }
     } else {
       assert.equal(await marked.count(), 0);
     }

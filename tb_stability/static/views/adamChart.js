@@ -1,6 +1,8 @@
 // Adam's state for one variable over the evidence window: √v̂ (RMS and
 // median) against ε on a log axis, the effective step η/(√v̂+ε) on the
-// right axis, and the loss faintly behind, with the onset and peak marked.
+// right axis (the variable's, and the largest of any variable: what the
+// evidence sentences quote), with the onset and peak marked. Every series
+// is on an axis of its own unit (the loss is in the timeline above).
 
 import uPlot from '../vendor/uplot/uPlot.esm.js';
 import {canLog, decodeArray, formatNumber, formatStep, formatStepShort, logSplits, plottable} from '../model.js';
@@ -23,7 +25,8 @@ export class AdamChartView {
   /**
    * @param {{steps: !Array<number>, variable: string, index: number,
    *          stats: !Object, optimizer: ?Object, highlight: ?Object,
-   *          globalSteps: !Array<number>, loss: !Array<?number>}} d
+   *          globalSteps: !Array<number>, effStepMax: !Array<?number>}} d
+   * effStepMax: the global eff_step_max at globalSteps (the largest of any variable)
    */
   setData(d) {
     this.destroy();
@@ -45,8 +48,8 @@ export class AdamChartView {
     const nuMed = row('sqrt_nu_over_eps_median').map((v) => (v === null || !Number.isFinite(eps) ? v : v * eps));
     const eff = row('eff_step_max');
     const epsLine = d.steps.map(() => (Number.isFinite(eps) && eps > 0 ? eps : null));
-    const byStep = new Map(d.globalSteps.map((s, k) => [s, d.loss[k]]));
-    const loss = d.steps.map((s) => (byStep.has(s) ? byStep.get(s) : null));
+    const byStep = new Map(d.globalSteps.map((s, k) => [s, (d.effStepMax || [])[k]]));
+    const effAll = d.steps.map((s) => (byStep.has(s) ? byStep.get(s) : null));
     if (!canLog(nuRms, nuMed, epsLine)) {
       c.appendChild(el('p', {class: 'muted note', 'data-testid': 'adam-missing'},
         'No finite Adam statistics were recorded for this variable in this window.'));
@@ -56,14 +59,13 @@ export class AdamChartView {
     const font = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
     const fmt = (u, v) => formatNumber(v, 3);
     const width = Math.max(240, c.clientWidth || 400);
-    const lossLog = canLog(loss);
+    const effLog = canLog(eff, effAll);
     const opts = {
       width, height: HEIGHT,
       cursor: {points: {size: 5}, drag: {x: false, y: false}},
       padding: [8, 0, 0, 0],
       legend: {show: true, live: true},
-      scales: {x: {time: false}, v: {distr: 3, log: 10}, e: canLog(eff) ? {distr: 3, log: 10} : {},
-        l: lossLog ? {distr: 3, log: 10} : {}},
+      scales: {x: {time: false}, v: {distr: 3, log: 10}, e: effLog ? {distr: 3, log: 10} : {}},
       axes: [
         {stroke: colors.axis, font, size: 22, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1e4, 2e4, 5e4, 1e5, 1e6, 1e7], grid: {stroke: colors.grid}, ticks: {stroke: colors.grid, size: 4},
           values: (u, vals) => vals.map(formatStepShort)},
@@ -75,16 +77,16 @@ export class AdamChartView {
       ],
       series: [
         {label: 'step', value: (u, v) => (v === null ? '\u2014' : formatStep(v))},
-        {label: 'loss', scale: 'l', points: {show: false}, stroke: colors.muted, width: 1, value: fmt},
         {label: 'RMS \u221av\u0302', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#4e79a7', width: 1.5, value: fmt},
         {label: 'median \u221av\u0302', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#59a14f', width: 1.5, value: fmt},
         {label: '\u03b5', scale: 'v', points: {show: false}, stroke: colors.fg, width: 1, dash: [5, 4], value: fmt},
-        {label: 'eff. step max', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1.5, value: fmt},
+        {label: 'eff. step (this variable)', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1.5, value: fmt},
+        {label: 'eff. step (largest, any variable)', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1, dash: [2, 3], value: fmt},
       ],
       hooks: {draw: [(u) => this.drawMarks(u, colors)]},
     };
-    this.u = new uPlot(opts, [d.steps, plottable(loss, lossLog), plottable(nuRms, true), plottable(nuMed, true),
-      epsLine, plottable(eff, canLog(eff))], c);
+    this.u = new uPlot(opts, [d.steps, plottable(nuRms, true), plottable(nuMed, true),
+      epsLine, plottable(eff, effLog), plottable(effAll, effLog)], c);
   }
 
   drawMarks(u, colors) {

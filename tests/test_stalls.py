@@ -173,3 +173,21 @@ def test_a_batch_of_one_is_no_constant_output():
     kinds = [(a.kind, a.pattern) for a in
              detect_anomalies(np.arange(n), loss, pred_spread=spread)]
     assert ("plateau", "stall") in kinds
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_short_run_pinned_at_chance_is_a_plateau(seed):
+    """Under STALL_MIN_STEPS (a fit of a few epochs) only a stall at chance
+    counts: pinned at ln 10 from step ~10 of 100 is a plateau; the same run
+    stuck at another level, or falling slowly, is left alone."""
+    rng = np.random.default_rng(seed)
+    n = 100
+    noise = np.exp(rng.normal(0, 0.002, n))
+    loss = math.log(10) * noise
+    loss[:10] = np.linspace(3.5, math.log(10), 10)
+    found = detect_anomalies(np.arange(n), loss, classes=10)
+    assert _kinds(found) == [("plateau", "chance")], found
+    assert found[0].step <= 16
+    assert detect_anomalies(np.arange(n), 0.7 * loss, classes=10) == []
+    falling = 2.3 * np.exp(-np.arange(n) / 60) * noise
+    assert detect_anomalies(np.arange(n), falling, classes=10) == []

@@ -52,6 +52,9 @@ BLOCK = 16
 MAX_BLOCKS = 512  # long runs are judged on coarser blocks
 STALL_MIN_STEPS = 160
 STALL_MIN_FRACTION = 0.2  # of the finite run
+# A run shorter than STALL_MIN_STEPS has a stall only pinned at chance
+# (ln C or B·ln C: the level says it learned nothing), over this many steps.
+SHORT_STALL_STEPS = 64
 STALL_PROGRESS = 0.02  # decades gained from the first quarter to the last
 STALL_SPREAD = 0.1  # decades: the 2-98 % range of a stall's block medians,
 SPREAD_NOISE = 6.0  # ... or this many times the noise of a block median
@@ -243,18 +246,20 @@ def flat_onset(y):
 def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
           pred_spread=None):
     """The stall that runs to row `stop` (exclusive), as a list of 0 or 1."""
-    if stop < max(STALL_MIN_STEPS, 2 * BLOCK):
+    short = stop < STALL_MIN_STEPS
+    if stop < max(SHORT_STALL_STEPS if short else STALL_MIN_STEPS, 2 * BLOCK):
         return []
     med, size, noise = block_medians(y, stop)
     spread_limit = max(STALL_SPREAD, SPREAD_NOISE * noise)
     k = len(med)
-    min_blocks = max(-(-STALL_MIN_STEPS // size), math.ceil(STALL_MIN_FRACTION * k), 4)
+    min_steps = SHORT_STALL_STEPS if short else STALL_MIN_STEPS
+    min_blocks = max(-(-min_steps // size), math.ceil(STALL_MIN_FRACTION * k), 4)
     if k < min_blocks or not np.isfinite(med[-1]):
         return []
     found = _flat_start(med, min_blocks, spread_limit)
     if found is None:
-        return _never_learned(steps, y, stop, med, size, min_blocks,
-                              classes=classes, batch_size=batch_size)
+        return [] if short else _never_learned(steps, y, stop, med, size, min_blocks,
+                                               classes=classes, batch_size=batch_size)
     j = found
     level = _nanmedian(med[j:])
     # The onset: past the blocks of the stretch off its level (the last of
@@ -271,6 +276,8 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
                      chance_levels=chance_levels, grad_norm=grad_norm,
                      blown_up=bool(np.isfinite(peak_before) and peak_before - start >= BLOW_UP),
                      pred_spread=pred_spread)
+    if short and pattern != "chance":
+        return []
     if pattern is None:
         first = constant_suffix(pred_spread, stop, min_blocks * size)
         if first is None or first < row - size:

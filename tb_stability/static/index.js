@@ -17,7 +17,7 @@ import {
   CALLBACK_LINE, anomalyCause, causeCounts, causeStyle, decodeArray, decodeMatrix,
   decodeTimeline, evidenceRowsNote, evidenceSparseNote, findAnomaly, formatNumber, formatPercent, formatStep,
   commonPathPrefix, highlightRow, mergeTimelines, middleEllipsis, needsZoomFetch, requestWidth, setCauses, shapePath, stepAnomaly,
-  timelineUrl, variableIndex, zoomSteps, zoomWidth,
+  storyRange, timelineUrl, variableIndex, zoomSteps, zoomWidth,
 } from './model.js';
 import {AdamChartView} from './views/adamChart.js';
 import {causeCard, causeLegend} from './views/causeCard.js';
@@ -189,7 +189,14 @@ class App {
     this.root.appendChild(this.main);
     this.timelineView = new TimelineView(this.timelineBox, {
       onSelect: (i) => this.select(i),
-      onZoom: (range) => { this.xRange = range; this.resetZoom.hidden = !range; this.scheduleZoom(); },
+      onZoom: (range) => {
+        const had = !!this.xRange;
+        this.xRange = range;
+        this.resetZoom.hidden = !range;
+        if (!range && had && this.storyZoom) { this.storyZoom = null; this.drawFacts(); }
+        else if (range && !had && this.storyZoom) this.drawFacts();
+        this.scheduleZoom();
+      },
     });
     this.heatmap = new HeatmapView(this.heatBox, {
       onStat: (s) => { this.heatStat = s; this.drawEvidence(); },
@@ -361,7 +368,10 @@ class App {
     const t1 = performance.now();
     this.selected = keepStep === null ? -1 : findAnomaly(this.timeline.anomalies, keepStep);
     if (!keep) this.xRange = null;
+    // a run whose anomalies are all in its first steps opens zoomed to them
+    this.storyZoom = keep ? this.storyZoom : storyRange(this.timeline.anomalies, raw.first_step, raw.last_step);
     this.drawTimeline();
+    if (!keep && this.storyZoom) this.timelineView.setXRange(this.storyZoom);
     this.renderSide();
     if (this.selected >= 0) this.loadDetail(this.selected);
     else this.clearEvidence();
@@ -390,6 +400,13 @@ class App {
     this.resetZoom.hidden = !this.xRange;
     clear(this.legend);
     this.legend.appendChild(causeLegend(causeCounts(t.anomalies)));
+    this.drawFacts();
+  }
+
+  /** The toolbar's line about the run. */
+  drawFacts() {
+    const t = this.timeline, raw = this.rawTimeline;
+    if (!t || this.view === 'overview') return;
     const opt = raw.optimizer || {};
     const parts = [
       `${formatStep(raw.steps)} steps`,
@@ -397,6 +414,7 @@ class App {
       `${t.anomalies.length} anomal${t.anomalies.length === 1 ? 'y' : 'ies'}`,
       raw.skipped_total ? `${formatStep(raw.skipped_total)} skipped (loss scale)` : null,
       t.nonfinite.some(Boolean) ? 'non-finite values' : null,
+      this.storyZoom && this.xRange ? `opened on steps ${formatStep(this.storyZoom[0])}\u2013${formatStep(this.storyZoom[1])}, where its anomalies are (reset zoom: the whole run)` : null,
     ].filter(Boolean);
     this.facts.textContent = parts.join(' \u00b7 ');
   }

@@ -635,3 +635,24 @@ export function lossWords(a) {
   if (ok(base)) return `${before} ${formatNumber(base)}`;
   return null;
 }
+
+/** The step window a run opens zoomed to when all of its anomalies sit in
+ * its first few steps (a blow-up at step 2 of 1,570 would be a few pixels
+ * at the left edge): [firstStep, about 4x the last step they span, at
+ * least 40 steps], or null (no anomaly, a short run, or anomalies spread
+ * over more than `share` of the run). A plateau counts by its onset, a
+ * recovered anomaly to its end. */
+export function storyRange(anomalies, firstStep, lastStep, share = 0.05, minSteps = 200) {
+  if (!Array.isArray(anomalies) || !anomalies.length) return null;
+  if (!Number.isFinite(firstStep) || !Number.isFinite(lastStep)) return null;
+  const span = lastStep - firstStep;
+  if (span < minSteps) return null;
+  let hi = -Infinity;
+  for (const a of anomalies) {
+    let s = Number.isFinite(a.peak_step) ? a.peak_step : a.step;
+    if (a.kind !== 'plateau' && Number.isFinite(a.end_step)) s = Math.max(s, a.end_step);
+    if (Number.isFinite(s)) hi = Math.max(hi, s);
+  }
+  if (!Number.isFinite(hi) || hi - firstStep > share * span) return null;
+  return [firstStep, Math.min(lastStep, firstStep + Math.max(40, 4 * (hi - firstStep + 1)))];
+}

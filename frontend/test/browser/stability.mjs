@@ -17,7 +17,7 @@ import {dirname, join} from 'node:path';
 import {parseArgs} from 'node:util';
 import {chromium} from 'playwright-core';
 
-import {causeRegistry, causeStyle, shapePath} from '../../../tb_stability/static/model.js';
+import {causeRegistry, causeStyle, shapePath, storyRange} from '../../../tb_stability/static/model.js';
 
 const {values: args} = parseArgs({options: {
   url: {type: 'string'}, chromium: {type: 'string', default: '/usr/bin/chromium'},
@@ -544,6 +544,19 @@ try {
       log('no-Adam run ok', c.run);
       break;
     }
+  }
+  // A run whose anomalies are all in its first steps opens zoomed to them.
+  const early = candidates.find((c) => storyRange(c.t.anomalies, c.t.first_step, c.t.last_step));
+  if (early) {
+    await selectRun(frame, early.run);
+    await frame.waitForFunction(() => window.tbStability.timelineView.xRange() !== null, null, {timeout: 30000});
+    const [lo, hi] = await frame.evaluate(() => window.tbStability.timelineView.xRange());
+    const last = Math.max(...early.t.anomalies.map((a) => a.peak_step));
+    assert.ok(lo <= early.t.first_step + 1 && hi >= last && hi - lo < (early.t.last_step - early.t.first_step) / 4,
+      `${early.run} opens on ${lo}..${hi} (anomalies up to ${last} of ${early.t.last_step})`);
+    assert.match(await frame.locator('[data-testid=run-facts]').textContent(), /opened on steps/);
+    await shot('early-story.png');
+    log('early story zoom ok', early.run, lo, hi);
   }
   // A run with non-finite values draws, with its non-finite facts.
   for (const c of candidates) {

@@ -25,3 +25,17 @@ test('lossWords fits the kind and never prints dashes for unknown numbers', () =
   assert.equal(lossWords({kind: 'spike', baseline: null, peak_value: null}), null);
   assert.ok(!String(lossWords({kind: 'spike', baseline: null, peak_value: 3})).includes('\u2014'));
 });
+
+test('storyRange zooms a run whose anomalies are all in its first steps', async () => {
+  const {storyRange} = await import('../../../tb_stability/static/model.js');
+  // seed001-bad: a plateau from step 10 of 1,570
+  assert.deepEqual(storyRange([{kind: 'plateau', step: 10, peak_step: 10, end_step: null}], 0, 1569), [0, 44]);
+  // a NaN at step 30: 4x its span
+  assert.deepEqual(storyRange([{kind: 'nonfinite', step: 30, peak_step: 30, end_step: null}], 0, 9999), [0, 124]);
+  // a recovered spike counts to its end
+  assert.deepEqual(storyRange([{kind: 'spike', step: 5, peak_step: 6, end_step: 60}], 0, 9999), [0, 244]);
+  assert.equal(storyRange([{kind: 'spike', step: 3400, peak_step: 3447, end_step: 3585}], 0, 9999), null);
+  assert.equal(storyRange([{kind: 'nonfinite', step: 2, peak_step: 2}], 0, 22), null, 'a short run is shown whole');
+  assert.equal(storyRange([], 0, 9999), null);
+  assert.equal(storyRange([{kind: 'spike', step: 1, peak_step: 1}, {kind: 'spike', step: 5000, peak_step: 5000}], 0, 9999), null);
+});

@@ -346,13 +346,49 @@ export class TimelineView {
     }
     if (isLoss) {
       ctx.fillStyle = this.colors.nonfinite;
+      let firstNonfinite = null;
       for (let i = 0; i < d.x.length; i++) {
         if (!d.nonfinite[i]) continue;
         const x0 = px(d.stepMin[i]), x1 = px(d.stepMax[i] + 1);
+        if (x1 < left || x0 > left + width) continue;
+        if (firstNonfinite === null) firstNonfinite = Math.max(left, x0);
         ctx.fillRect(x0, top, Math.max(2 * dpr, x1 - x0), 4 * dpr);
+      }
+      ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+      ctx.textBaseline = 'top';
+      // the strip says what it is: steps whose loss or gradients were NaN/Inf
+      if (firstNonfinite !== null) {
+        ctx.textAlign = firstNonfinite > left + width - 160 * dpr ? 'right' : 'left';
+        this.labelOnBox(ctx, 'NaN/Inf from here (red strip)', firstNonfinite + (ctx.textAlign === 'left' ? 12 : -3) * dpr,
+          top + 5 * dpr, this.colors.nonfinite, dpr);
+      }
+      // a plateau's level, written on it (it may sit below the lowest tick)
+      for (const p of d.anomalies) {
+        const level = decodeFloat(p.baseline);
+        if (p.kind !== 'plateau' || !(Number.isFinite(level)) || (this.log && level <= 0)) continue;
+        const y = u.valToPos(level, 'y', true);
+        if (y < top || y > top + height) continue;
+        const x = Math.min(Math.max(left, px(p.step)) + 8 * dpr, left + width - 120 * dpr);
+        ctx.textAlign = 'left';
+        ctx.textBaseline = 'bottom';
+        this.labelOnBox(ctx, `stuck at ${formatNumber(level, 4)}`, x, y - 3 * dpr, causeStyle(anomalyCause(p)).color, dpr);
       }
     }
     ctx.restore();
+  }
+
+  /** Canvas text at (x, y) (the context's align and baseline) on a
+   * backing box of the background colour. */
+  labelOnBox(ctx, text, x, y, color, dpr) {
+    const w = ctx.measureText(text).width, h = 11 * dpr;
+    const bx = ctx.textAlign === 'right' ? x - w : x;
+    const by = ctx.textBaseline === 'bottom' ? y - h : y;
+    ctx.fillStyle = this.colors.bg;
+    ctx.globalAlpha = 0.85;
+    ctx.fillRect(bx - 2 * dpr, by, w + 4 * dpr, h);
+    ctx.globalAlpha = 1;
+    ctx.fillStyle = color;
+    ctx.fillText(text, x, y);
   }
 
   buildMarkers() {

@@ -242,3 +242,21 @@ def test_rounding_remnants_of_a_loss_at_exactly_zero_are_no_spikes(seed):
     # A real blow-up from there still counts.
     loss[200:203] = [0.5, 3.0, 0.0]
     assert [a.kind for a in detect_anomalies(np.arange(n), loss)] == ["spike"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_loss_nan_on_most_batches_is_one_anomaly(seed):
+    """float16 underflow: from step 50 the loss is NaN on most batches, with
+    a finite one now and then (a batch where nothing underflowed): one
+    storm, one anomaly. NaN steps far apart stay anomalies of their own."""
+    rng = np.random.default_rng(seed)
+    n = 256
+    loss = 0.6 * np.exp(rng.normal(0, 0.05, n))
+    storm = np.arange(50, n)
+    loss[storm[rng.random(len(storm)) < 0.85]] = np.nan
+    loss[50] = np.nan
+    found = detect_anomalies(np.arange(n), loss)
+    assert [(a.kind, a.step) for a in found] == [("nonfinite", 50)], found
+    apart = 0.6 * np.exp(rng.normal(0, 0.05, 1000))
+    apart[[200, 500, 800]] = np.nan
+    assert [a.step for a in detect_anomalies(np.arange(1000), apart)] == [200, 500, 800]

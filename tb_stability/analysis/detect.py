@@ -41,6 +41,7 @@ MIN_SCALE = 0.02  # decades: floor of the robust scale
 RECOVERED = math.log10(3.0)  # back within 3x of the baseline: recovered
 ONSET = math.log10(2.0)  # onset: the first step 2x above the baseline
 MAX_NONFINITE = 20  # nonfinite anomalies reported per run, at most
+NONFINITE_GAP = BLOCK  # rows: non-finite steps closer than this are one anomaly
 ENVELOPE = 9  # steps of the running maximum a spike train is split on
 QUIET_PASSES = 4  # baselines recomputed without the excursions, at most
 TRAIN_DROP = 0.5  # a spike of a train ends once its envelope fell half its height
@@ -396,15 +397,17 @@ def _nonfinite(steps, loss, nonfinite_count, skipped=None):
     found = []
     start = 0
     while start < len(idx) and len(found) < MAX_NONFINITE:
+        # One storm, one anomaly: runs of non-finite rows fewer than
+        # NONFINITE_GAP finite rows apart (a loss NaN on most batches) merge.
         stop = start
-        while stop + 1 < len(idx) and idx[stop + 1] == idx[stop] + 1:
+        while stop + 1 < len(idx) and idx[stop + 1] - idx[stop] <= NONFINITE_GAP:
             stop += 1
         first, last = int(idx[start]), int(idx[stop])
         end = last + 1 if last + 1 < len(steps) else None
         found.append(Anomaly(
             kind="nonfinite", step=int(steps[first]), peak_step=int(steps[first]),
             end_step=None if end is None else int(steps[end]),
-            severity=float(last - first + 1), baseline=float("nan"),
+            severity=float(stop - start + 1), baseline=float("nan"),
             peak_value=float(loss[first]),
             pattern="loss" if not np.isfinite(loss[first]) else "silent",
         ))

@@ -481,6 +481,19 @@ def test_odd_run_names_round_trip(client):
         assert detail["run"] == name and detail["evidence"]["variables"] == VARIABLES
 
 
+def test_overview_summarises_every_listed_run(client):
+    """GET overview over the hostile logdir: damaged files, unusable
+    run_info, odd names, wrong shapes: every run /runs lists, each with a
+    status, never a 500."""
+    data = _json(client, "/overview")
+    while data["pending"]:
+        data = _json(client, "/overview")
+    assert sorted(e["run"] for e in data["runs"]) == sorted(_listed(client))
+    for e in data["runs"]:
+        assert e["status"] in ("nonfinite", "anomalies", "healthy", "no data"), e
+        assert (e["first"] is None) == (e["anomalies"] == 0), e
+
+
 def test_names_are_data_in_error_messages(client):
     """A name that is not a run comes back JSON-quoted, never as markup."""
     from tb_stability.server.plugin import _quote
@@ -622,14 +635,14 @@ def _check_response(route, url, response, elapsed, runs):
         assert "<" not in text and len(text) < 500, (url, text[:300])
     elif route != "/static":
         data = no_bare_nan(text)
-        if route == "/runs":
+        if route in ("/runs", "/overview"):
             assert isinstance(data["runs"], list)
         else:
             assert data["run"] in runs, url
 
 
 @pytest.mark.parametrize("route, required", [
-    ("/runs", ()), ("/timeline", ()), ("/anomaly", ("step",)), ("/layers", ())])
+    ("/runs", ()), ("/overview", ()), ("/timeline", ()), ("/anomaly", ("step",)), ("/layers", ())])
 def test_fuzzed_queries_never_fail(client, route, required):
     runs = set(_listed(client))
 

@@ -270,7 +270,15 @@ class StabilityPlugin(base_plugin.TBPlugin):
                 state = self._load(ctx, eid, run, fingerprint, tags)
             except errors.NotFoundError:
                 return payloads.run_summary_empty(run)
-        return payloads.run_summary(state.run, state.anomalies)
+            except Exception:  # pylint: disable=broad-except
+                # One unreadable run must not take the sweep's overview down.
+                logger.exception("tb_stability: reading run %r failed", run)
+                return payloads.run_summary_empty(run)
+        try:
+            return payloads.run_summary(state.run, state.anomalies)
+        except Exception:  # pylint: disable=broad-except
+            logger.exception("tb_stability: summarising run %r failed", run)
+            return payloads.run_summary_empty(run)
 
     @staticmethod
     def _json(request, payload):
@@ -298,7 +306,11 @@ class StabilityPlugin(base_plugin.TBPlugin):
                 self._states.move_to_end(key)
                 return state
         state = self._load(ctx, eid, run, fingerprint, tags)
-        summary = payloads.run_summary(state.run, state.anomalies)
+        try:
+            summary = payloads.run_summary(state.run, state.anomalies)
+        except Exception:  # pylint: disable=broad-except
+            logger.exception("tb_stability: summarising run %r failed", run)
+            summary = payloads.run_summary_empty(run)
         with self._lock:
             self._summaries[key] = (fingerprint, summary)
             self._states[key] = state

@@ -52,7 +52,9 @@ let timelineRequests = 0;
 const timelineUrls = [];
 page.on('request', (r) => {
   if (r.url().includes('/data/plugin/tb_stability/timeline')) { timelineRequests++; timelineUrls.push(r.url()); }
+  if (r.url().includes('/data/plugin/tb_stability/overview')) overviewRequests++;
 });
+let overviewRequests = 0;
 
 /** The size of a marker's SVG (its width attribute). */
 async function markerSize(marker) {
@@ -322,6 +324,16 @@ async function overviewChecks(frame, runs, open) {
   await shot('overview-dark.png');
   await page.evaluate(() => document.body.classList.remove('dark-mode'));
   await frame.waitForFunction(() => !document.body.classList.contains('dark'));
+  // TensorBoard's reload button refetches the overview (runs that arrived, runs still training)
+  const before = overviewRequests;
+  const reloads = await frame.evaluate(() => window.tbStability.stats.reloads);
+  await page.locator('button.reload-button, button[aria-label="Reload"], [title="Reload data"]').first().click();
+  await frame.waitForFunction((n) => window.tbStability.stats.reloads > n, reloads, {timeout: 20000});
+  const t1 = Date.now();
+  while (overviewRequests === before && Date.now() - t1 < 10000) await page.waitForTimeout(100);
+  assert.ok(overviewRequests > before, 'reload refetched the overview');
+  await frame.waitForFunction(() => document.querySelector('main.app').dataset.overviewPending === '0', null, {timeout: 60000});
+  assert.equal(await frame.evaluate(() => document.querySelector('main.app').dataset.view), 'overview', 'still the overview after a reload');
   // a click opens the run
   await frame.evaluate(() => { const m = document.querySelector('main.app'); m.dataset.drawMs = ''; m.dataset.run = ''; });
   await frame.locator(`[data-testid=overview-row][data-run="${open}"]`).click();
@@ -604,10 +616,12 @@ try {
 
   // 6. TensorBoard's reload button reaches the tab (experimental.DataReloaded).
   const before = timelineRequests;
+  const reloads = await frame.evaluate(() => window.tbStability.stats.reloads);
   const reloadButton = page.locator('button.reload-button, button[aria-label="Reload"], [title="Reload data"]').first();
   await reloadButton.click();
-  await frame.waitForFunction(() => window.tbStability.stats.reloads > 0, null, {timeout: 20000});
-  await page.waitForTimeout(500);
+  await frame.waitForFunction((n) => window.tbStability.stats.reloads > n, reloads, {timeout: 20000});
+  const t6 = Date.now();
+  while (timelineRequests === before && Date.now() - t6 < 10000) await page.waitForTimeout(100);
   assert.ok(timelineRequests > before, 'reload refetched the timeline');
   log('reload ok');
 

@@ -281,7 +281,8 @@ class LoopTrainer:
                 monitor.record(step, loss, grads)
             return loss, grads
 
-        self.train_step = tf.function(train_step, jit_compile=jit)
+        self.train_step = tf.function(train_step, jit_compile=jit,
+                                      autograph=False)
         self.step = 0
         self.run(self.batches[:warmup])
 

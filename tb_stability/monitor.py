@@ -225,11 +225,22 @@ class Monitor:
     def flush(self, final=False):
         """Writes whatever is due (host call).
 
+        Cheap to call after every step: it reads the row counter and reads
+        the rings and writes only once a window is full (or `flush_secs`
+        passed).
+
         Args:
           final: also write a partial window.
         """
-        if self._recorder is not None:
-            self._recorder.flush(final=final)
+        rec = self._recorder
+        if rec is None:
+            return
+        try:
+            if not final and not rec.due():
+                return
+        except Exception:  # pylint: disable=broad-except
+            pass  # flush() itself logs what is wrong
+        rec.flush(final=final)
 
     def close(self):
         """Writes everything recorded and closes the event file."""

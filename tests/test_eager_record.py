@@ -111,3 +111,41 @@ def test_eager_record_traces_once(tmp_path):
     steps, rows = global_table(read_run(str(tmp_path / "b")))
     assert list(steps) == list(range(STEPS))
     assert rows[-1, metadata.GLOBAL["batch_size"]] == 5
+
+
+def test_flush_after_each_compiled_call_writes_once_per_window(tmp_path):
+    """Under jit_compile, `monitor.flush()` after every call writes whole
+    windows only (the rings are read once per window), and `close` the rest.
+    """
+    logdir = str(tmp_path / "xla")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(BATCH, 6)).astype("float32"))
+    y = tf.constant(rng.normal(size=(BATCH, 1)).astype("float32"))
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1)])
+    opt = keras.optimizers.Adam(1e-2)
+    variables = model.trainable_variables
+    monitor = tb_stability.Monitor(logdir, optimizer=opt, variables=variables,
+                                   window=16, flush_secs=3600)
+
+    @tf.function(jit_compile=True)
+    def step_fn(step):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y))
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        monitor.record(step, loss, grads)
+
+    for step in range(40):
+        step_fn(tf.constant(step, tf.int64))
+        monitor.flush()
+    rec = monitor.recorder
+    assert rec._seen == 32  # rows read from the rings: two whole windows
+    assert not rec.due()
+    rec._out.flush()  # what was written, on disk
+    windows = [len(table) for _, table in
+               read_run(logdir).get(metadata.TAG_GLOBAL, [])]
+    assert windows == [16, 16]
+    monitor.close()
+    steps, _ = global_table(read_run(logdir))
+    assert list(steps) == list(range(40))

@@ -371,6 +371,20 @@ class Recorder:
             info.update(extra)
         return info
 
+    def due(self):
+        """Whether a (non-final) `flush` has a window to write now (host call).
+
+        One read of the row counter: a window of rows waiting, or rows
+        older than `flush_secs` since the last write. A host loop that
+        calls `flush` after every step (XLA, a distribution strategy) asks
+        this first, so that the rings are read once per window, not once
+        per step.
+        """
+        pending = int(self.rings.count.numpy()) - self._seen
+        return pending >= self.config.window or (
+            pending > 0
+            and time.monotonic() - self._last_write > self.config.flush_secs)
+
     def flush(self, final=False, extra_info=None):
         """Writes what the rings hold (host call, outside compiled code).
 

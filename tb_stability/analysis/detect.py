@@ -476,10 +476,12 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
             break
         excursions = again
     if first_bad is not None:
-        # A blow-up from the first steps that runs into the first
-        # non-finite loss is that anomaly's run-up, not one of its own.
+        # A blow-up from the first steps that runs straight (within a block)
+        # into the first non-finite loss is that anomaly's run-up, not one
+        # of its own; a divergence seen growing for longer is one.
         excursions = [a for a in excursions if not (
-            a.end_step is None and early[int(np.searchsorted(steps, a.step))])]
+            a.end_step is None and early[int(np.searchsorted(steps, a.step))]
+            and first_bad - int(np.searchsorted(steps, a.step)) <= BLOCK)]
     found += excursions
     stop = n if first_bad is None else first_bad
     diverged = [a for a in excursions if a.end_step is None]

@@ -60,6 +60,7 @@ STALL_SPREAD = 0.1  # decades: the 2-98 % range of a stall's block medians,
 SPREAD_NOISE = 6.0  # ... or this many times the noise of a block median
 CHANCE_TOL = 0.02  # relative distance to ln C (or B·ln C)
 NEVER_LEARNED = 0.15  # decades below the first loss: still near the start
+PROGRESS_NOISE = 3.0  # a steady fall this many times a block median's noise
 LOST = 0.3  # decades above the best block before: progress lost
 BARELY_LEARNED = 0.5  # decades below the first loss, with a blow-up or a collapse
 BLOW_UP = 1.0  # decades above the first loss: a blow-up before the stall
@@ -259,7 +260,8 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
     found = _flat_start(med, min_blocks, spread_limit)
     if found is None:
         return [] if short else _never_learned(steps, y, stop, med, size, min_blocks,
-                                               classes=classes, batch_size=batch_size)
+                                               classes=classes, batch_size=batch_size,
+                                               noise=noise)
     j = found
     level = _nanmedian(med[j:])
     # The onset: past the blocks of the stretch off its level (the last of
@@ -311,7 +313,8 @@ def _chance_levels(classes, batch_size, stop):
     return levels
 
 
-def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size):
+def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size,
+                   noise=0.0):
     """The stall of a noisy loss that never got below where it began (0 or 1)."""
     start = start_level(y, stop)
     if not np.isfinite(start):
@@ -328,8 +331,11 @@ def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size
     if k - j < min_blocks or np.isfinite(med[j:]).sum() < min_blocks // 2:
         return []
     q = max(2, (k - j) // 4)
-    if _nanmedian(med[k - q:]) - _nanmedian(med[j:j + q]) > RISE:
+    change = _nanmedian(med[k - q:]) - _nanmedian(med[j:j + q])
+    if change > RISE:
         return []  # rising: a divergence, not a loss jumping where it began
+    if -change > max(STALL_PROGRESS, PROGRESS_NOISE * noise):
+        return []  # slow but steady progress: learning, not stuck
     row = j * size
     first = row + int(np.argmax(np.isfinite(y[row:stop]))) if row < stop else row
     end = None if stop >= len(y) else stop

@@ -37,12 +37,14 @@ Evidence for a stall (`plateau`, not frozen) or an `instability`, either of
   standard deviation of its log over the anomaly at least `NOISY_LOG_STD`,
   a step-to-step swing of about 30%, where a stuck model's batch noise
   moves it by a few percent) with update/weight ratios above
-  `LARGE_UPDATE_RATIO` (`NOISY_CONFIDENCE`).
+  `LARGE_UPDATE_RATIO` (`NOISY_CONFIDENCE`); not with batches of fewer
+  than `NOISY_MIN_BATCH` examples, whose own noise swings the loss so.
 
 The update/weight ratio is the recorded one; for plain SGD where it was
 not measured, lr/(1-momentum)·‖g‖/‖w‖ stands in for it.
 """
 
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -76,9 +78,16 @@ OVERFLOW_MIN_DECADES = 3.0
 BLOWUP_RISE = 3.0
 BLOWUP_LR_CONFIDENCE = 0.7
 BLOWUP_UPDATE_CONFIDENCE = 0.7
+# ... above this many times the median |step-to-step change| of ln(loss)
+# before it (over at least BLOWUP_NOISE_ROWS changes).
+BLOWUP_NOISE = 3.0
+BLOWUP_NOISE_ROWS = 3
+BLOWUP_SMOOTH = 5
 # ... a noisy stall: std of ln(loss) over the anomaly.
 NOISY_LOG_STD = 0.25
 NOISY_CONFIDENCE = 0.6
+# ... not with batches under this size: their own noise swings the loss.
+NOISY_MIN_BATCH = 16
 
 
 def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
@@ -228,7 +237,8 @@ def _stalled(ctx: Context, a: Anomaly) -> Optional[Cause]:
     loss = ctx.loss[i0:]
     loss = loss[np.isfinite(loss) & (loss > 0)]
     upd = update_ratio(ctx, i0, len(ctx.loss))
-    if len(loss) >= 2 and upd is not None and upd > LARGE_UPDATE_RATIO:
+    if len(loss) >= 2 and upd is not None and upd > LARGE_UPDATE_RATIO and not _small_batch(
+            ctx, i0, len(ctx.loss)):
         spread = float(np.std(np.log(loss)))
         if spread >= NOISY_LOG_STD:
             evidence.append(
@@ -244,20 +254,47 @@ def _stalled(ctx: Context, a: Anomaly) -> Optional[Cause]:
 def _blowup_before(ctx: Context, i0: int) -> Optional[Tuple[int, float, float]]:
     """(row, best before, high) of the first blow-up up to row i0, or None.
 
-    A blow-up is the loss at least `BLOWUP_RISE` times its running minimum
-    before it (non-finite values count as a blow-up above any minimum).
+    A blow-up is the loss at least `BLOWUP_RISE` times the best level
+    before it (the running minimum of its median over `BLOWUP_SMOOTH` rows;
+    non-finite values count as a blow-up above any level), and
+    `BLOWUP_NOISE` times the loss's usual step-to-step swing (a batch of 2
+    swings the loss 3x from step to step: not a blow-up; with batches under
+    `NOISY_MIN_BATCH` examples the running median itself must rise so).
     The first one is what killed the units; later ones are its aftermath.
     """
     loss = ctx.loss[:i0 + 1]
     if len(loss) < 2:
         return None
     finite = np.where(np.isfinite(loss), loss, np.inf)
-    best = np.minimum.accumulate(np.where(np.isfinite(loss), loss, np.inf))
-    prev_best = np.concatenate([[np.inf], best[:-1]])
-    ratio = np.where(prev_best > 0, finite / prev_best, np.inf)
-    ratio[~np.isfinite(prev_best)] = 0.0
-    hits = np.flatnonzero(ratio >= BLOWUP_RISE)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ln = np.log(np.where(np.isfinite(loss) & (loss > 0), loss, np.nan))
+        # The best so far, of the loss's running median over BLOWUP_SMOOTH
+        # rows (one lucky batch is no level to blow up from) ...
+        runs = [np.nanmedian(ln[max(0, i - BLOWUP_SMOOTH + 1):i + 1]) for i in range(len(ln))]
+        level = np.exp(np.where(np.isfinite(runs), runs, np.inf))
+        best = np.minimum.accumulate(level)
+        prev_best = np.concatenate([[np.inf], best[:-1]])
+        ratio = np.where(prev_best > 0, finite / prev_best, np.inf)
+        ratio[~np.isfinite(prev_best)] = 0.0
+        # ... and the loss's own step-to-step swing (the median |change| of
+        # ln(loss) up to the anomaly): a blow-up rises BLOWUP_NOISE times above it.
+        swing = np.abs(np.diff(ln))
+        swing = swing[np.isfinite(swing)]
+        noise = float(np.median(swing)) if len(swing) >= BLOWUP_NOISE_ROWS else 0.0
+        if _small_batch(ctx, 0, i0):
+            # A batch of a few examples: one outlier example moves its loss
+            # 40x; the blow-up must lift the loss's running median too.
+            ratio = np.minimum(ratio, level / prev_best)
+        hits = np.flatnonzero((ratio >= BLOWUP_RISE) & (np.log(ratio) >= BLOWUP_NOISE * noise))
     if not len(hits):
         return None
     j = int(hits[0])
     return j, float(prev_best[j]), float(finite[j])
+
+
+def _small_batch(ctx: Context, lo: int, hi: int) -> bool:
+    """Whether the recorded batch size over rows [lo, hi] is under NOISY_MIN_BATCH."""
+    batch = ctx.column("batch_size")[lo:hi + 1]
+    return bool(np.isfinite(batch).any() and np.nanmedian(batch) < NOISY_MIN_BATCH)
+

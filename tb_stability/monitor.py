@@ -93,6 +93,7 @@ class Monitor:
             self.logdir, self.optimizer, self.variables, self.config,
             input_features=features, model_info=self._model_info)
 
+    @tf.autograph.experimental.do_not_convert  # see Recorder.push
     def record(self, step, loss, gradients, *, batch_size=None, inputs=None,
                targets=None, predictions=None):
         """Records one step; call it after the gradients were applied.

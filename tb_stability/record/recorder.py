@@ -182,6 +182,10 @@ class Recorder:
                 ordered[i] = g
         return ordered
 
+    # Written for the graph as it is (explicit `tf.cond`s): inside a user's
+    # `tf.function`, AutoGraph converting this code and everything it calls
+    # cost tens of seconds of tracing on the first step.
+    @tf.autograph.experimental.do_not_convert
     def push(self, loss, grads, *, weights_before=None, batch_size=None,
              inputs=None, targets=None, predictions=None, step=None,
              loss_scale=None):

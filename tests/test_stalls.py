@@ -191,3 +191,18 @@ def test_a_short_run_pinned_at_chance_is_a_plateau(seed):
     assert detect_anomalies(np.arange(n), 0.7 * loss, classes=10) == []
     falling = 2.3 * np.exp(-np.arange(n) / 60) * noise
     assert detect_anomalies(np.arange(n), falling, classes=10) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_slow_steady_progress_is_no_stall(seed):
+    """A loss that never gets far below its start but falls steadily, a bit
+    faster each quarter (means 0.666, 0.649, 0.625, 0.593 over 400 noisy steps:
+    a held-out fixed run learning slowly), is learning."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    fit = np.polyfit([50, 150, 250, 350], np.log([0.666, 0.649, 0.625, 0.593]), 2)
+    loss = np.exp(np.polyval(fit, np.arange(n)) + rng.normal(0, 0.05, n))
+    assert detect_anomalies(np.arange(n), loss, classes=2) == []
+    # Without the fall it is a stall that never learned.
+    flat = np.exp(math.log(0.67) + rng.normal(0, 0.06, n))
+    assert _kinds(detect_anomalies(np.arange(n), flat, classes=2)) == [("plateau", "stall")]

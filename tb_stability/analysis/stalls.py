@@ -60,7 +60,8 @@ STALL_SPREAD = 0.1  # decades: the 2-98 % range of a stall's block medians,
 SPREAD_NOISE = 6.0  # ... or this many times the noise of a block median
 CHANCE_TOL = 0.02  # relative distance to ln C (or B·ln C)
 NEVER_LEARNED = 0.15  # decades below the first loss: still near the start
-PROGRESS_NOISE = 3.0  # a steady fall this many times a block median's noise
+TREND_MIN = 0.01  # decades a flat stretch's fitted line may fall, at most
+TREND_SIGMAS = 3.0  # ... or fewer standard errors of that fall (one-sided p ~ 0.001)
 LOST = 0.3  # decades above the best block before: progress lost
 BARELY_LEARNED = 0.5  # decades below the first loss, with a blow-up or a collapse
 BLOW_UP = 1.0  # decades above the first loss: a blow-up before the stall
@@ -216,10 +217,31 @@ def _flat_start(med, min_blocks, spread_limit):
             continue
         if _sorted_quantile(head, 0.5) - _sorted_quantile(tail, 0.5) >= STALL_PROGRESS:
             continue
+        if _falling(med[j:]):
+            continue
         suf = np.sort(med[j:][finite[j:]])
         if _sorted_quantile(suf, 0.98) - _sorted_quantile(suf, 0.02) <= spread_limit:
             found = j
     return found
+
+
+def _falling(med):
+    """Whether the block medians `med` fall steadily.
+
+    A least-squares line through them drops by at least `TREND_MIN` decades
+    over the stretch and by `TREND_SIGMAS` standard errors of that drop
+    (slow progress, which the quarter medians of a noisy loss can miss).
+    """
+    t = np.flatnonzero(np.isfinite(med))
+    if len(t) < 4:
+        return False
+    v = med[t]
+    tc = t - t.mean()
+    slope = float(np.dot(tc, v - v.mean()) / np.dot(tc, tc))
+    resid = v - v.mean() - slope * tc
+    se = math.sqrt(float(np.dot(resid, resid)) / (len(t) - 2) / float(np.dot(tc, tc)))
+    drop = -slope * (t[-1] - t[0])
+    return drop >= TREND_MIN and drop >= TREND_SIGMAS * se * (t[-1] - t[0])
 
 
 def flat_onset(y):
@@ -260,8 +282,7 @@ def stall(steps, y, stop, *, classes=None, batch_size=None, grad_norm=None,
     found = _flat_start(med, min_blocks, spread_limit)
     if found is None:
         return [] if short else _never_learned(steps, y, stop, med, size, min_blocks,
-                                               classes=classes, batch_size=batch_size,
-                                               noise=noise)
+                                               classes=classes, batch_size=batch_size)
     j = found
     level = _nanmedian(med[j:])
     # The onset: past the blocks of the stretch off its level (the last of
@@ -313,8 +334,7 @@ def _chance_levels(classes, batch_size, stop):
     return levels
 
 
-def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size,
-                   noise=0.0):
+def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size):
     """The stall of a noisy loss that never got below where it began (0 or 1)."""
     start = start_level(y, stop)
     if not np.isfinite(start):
@@ -334,8 +354,8 @@ def _never_learned(steps, y, stop, med, size, min_blocks, *, classes, batch_size
     change = _nanmedian(med[k - q:]) - _nanmedian(med[j:j + q])
     if change > RISE:
         return []  # rising: a divergence, not a loss jumping where it began
-    if -change > max(STALL_PROGRESS, PROGRESS_NOISE * noise):
-        return []  # slow but steady progress: learning, not stuck
+    if _falling(med[j + (k - j) // 2:]):
+        return []  # still falling over its second half: slow progress, not stuck
     row = j * size
     first = row + int(np.argmax(np.isfinite(y[row:stop]))) if row < stop else row
     end = None if stop >= len(y) else stop

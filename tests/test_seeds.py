@@ -31,7 +31,7 @@ from tb_stability.analysis import causes
 
 SEEDS = range(5)
 
-# name: (first anomaly kind, top cause).
+# name: (first anomaly kind, or the kinds it may be, top cause).
 DEMO = {
     "outlier-batch": ("spike", causes.BAD_BATCH),
     "seed000-bad": ("nonfinite", causes.SUMMED_LOSS),
@@ -41,7 +41,9 @@ SCENARIOS = {
     "nonfinite_input": ("nonfinite", causes.NONFINITE_INPUT),
     "log_zero": ("nonfinite", causes.LOG_ZERO),
     "nonfinite_gradient": ("nonfinite", causes.NONFINITE_GRADIENT),
-    "bad_init": ("plateau", causes.BAD_INIT),
+    # The first SGD step overshoots (a spike at step 1 on most seeds: 300x
+    # above the first loss), then the loss pins at ln 10: both bad_init.
+    "bad_init": (("spike", "plateau"), causes.BAD_INIT),
     "output_mismatch": ("plateau", causes.OUTPUT_MISMATCH),
     "exploding_gradient": ("nonfinite", causes.EXPLODING_GRADIENT),
 }
@@ -78,4 +80,6 @@ def test_scenario_diagnosis_holds_over_seeds(name, seed, tmp_path):
     fn = {**scenarios.SCENARIOS, **scenarios.HEALTHY}[name]
     with demo.deterministic(seed):
         fn(os.path.join(str(tmp_path), name), seed=seed)
-    assert _diagnosis(str(tmp_path), name) == SCENARIOS[name]
+    kinds, cause = SCENARIOS[name]
+    kind, got = _diagnosis(str(tmp_path), name)
+    assert kind in ((kinds,) if isinstance(kinds, str) else kinds) and got == cause, (kind, got)

@@ -60,7 +60,7 @@ STALL_SPREAD = 0.1  # decades: the 2-98 % range of a stall's block medians,
 SPREAD_NOISE = 6.0  # ... or this many times the noise of a block median
 CHANCE_TOL = 0.02  # relative distance to ln C (or B·ln C)
 NEVER_LEARNED = 0.15  # decades below the first loss: still near the start
-TREND_MIN = 0.01  # decades a flat stretch's fitted line may fall, at most
+TREND_MIN = 0.01  # decades a never-learned stall's second half may fall, at most
 TREND_SIGMAS = 3.0  # ... or fewer standard errors of that fall (one-sided p ~ 0.001)
 LOST = 0.3  # decades above the best block before: progress lost
 BARELY_LEARNED = 0.5  # decades below the first loss, with a blow-up or a collapse
@@ -216,8 +216,6 @@ def _flat_start(med, min_blocks, spread_limit):
         if not len(head) or not len(tail):
             continue
         if _sorted_quantile(head, 0.5) - _sorted_quantile(tail, 0.5) >= STALL_PROGRESS:
-            continue
-        if _falling(med[j:]):
             continue
         suf = np.sort(med[j:][finite[j:]])
         if _sorted_quantile(suf, 0.98) - _sorted_quantile(suf, 0.02) <= spread_limit:

@@ -79,7 +79,7 @@ BLOWUP_RISE = 3.0
 BLOWUP_LR_CONFIDENCE = 0.7
 BLOWUP_UPDATE_CONFIDENCE = 0.7
 # ... above this many times the median |step-to-step change| of ln(loss)
-# before it (over at least BLOWUP_NOISE_ROWS changes).
+# up to the anomaly (over at least BLOWUP_NOISE_ROWS changes; fewer: no bar).
 BLOWUP_NOISE = 3.0
 BLOWUP_NOISE_ROWS = 3
 BLOWUP_SMOOTH = 5

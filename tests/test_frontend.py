@@ -34,6 +34,10 @@ HTML_RUN = "<img src=x onerror=alert(1)>"
 BIG_RUN = "synthetic-1m"
 BIG_STEPS = 1_000_000
 REQUIRE = os.environ.get("TB_STABILITY_REQUIRE_BROWSER") == "1"
+# The views the browser test saves to ARTIFACTS/screenshots, each as NAME.png
+# (light) and NAME-dark.png (dark), at 1600x1000 (the last at 1280x800).
+VIEW_SHOTS = ("overview", "timeline", "cause-card", "heatmap", "adam-chart",
+              "early-story", "cause-card-1280x800")
 
 
 def _files(root):
@@ -188,5 +192,10 @@ def test_browser(browser_logdir):
             (ARTIFACTS / "benchmark.txt").write_text("\n".join(bench) + "\n")
         assert result.returncode == 0, output[-8000:]
         assert bench, "the 1M-step benchmark printed nothing"
+        for name in VIEW_SHOTS:
+            for suffix in ("", "-dark"):
+                path = ARTIFACTS / "screenshots" / f"{name}{suffix}.png"
+                assert path.is_file() and path.stat().st_mtime >= t0 - 1, \
+                    f"the browser test saved no {path.name}"
     finally:
         stop_process(proc)

@@ -5,14 +5,16 @@
 //     --chromium /usr/bin/chromium --artifacts ../test-artifacts \
 //     [--html-run '<img src=x onerror=alert(1)>'] [--big-run synthetic-1m] \
 //     [--docs ../docs/stability-tab.png] [--run seed002-bad]
-// (--docs also writes runs-overview.png next to it.)
+// (--docs also writes stability-tab-dark.png and runs-overview.png next to it.)
 //
 // Exits non-zero on the first failed check; screenshots go to
-// ARTIFACTS/screenshots/. Prints "BENCH timeline_draw_ms=..." for the
-// 1M-step run.
+// ARTIFACTS/screenshots/: every view (overview, timeline, run view with the
+// card, heatmap, Adam chart, early-run zoom, ...) in light (NAME.png) and
+// dark (NAME-dark.png), at 1600x1000. Prints "BENCH timeline_draw_ms=..."
+// for the 1M-step run.
 
 import assert from 'node:assert/strict';
-import {mkdirSync} from 'node:fs';
+import {copyFileSync, mkdirSync} from 'node:fs';
 import {dirname, join} from 'node:path';
 import {parseArgs} from 'node:util';
 import {chromium} from 'playwright-core';
@@ -39,7 +41,8 @@ async function getJSON(path) {
 }
 
 const browser = await chromium.launch({executablePath: args.chromium, args: ['--no-sandbox', '--disable-gpu']});
-const context = await browser.newContext({viewport: {width: 1440, height: 1000}, deviceScaleFactor: 1});
+const VIEWPORT = {width: 1600, height: 1000};
+const context = await browser.newContext({viewport: VIEWPORT, deviceScaleFactor: 1});
 const page = await context.newPage();
 const errors = [];
 let dialogs = 0;
@@ -145,6 +148,73 @@ async function shot(name, frameOnly = true) {
   else await page.screenshot({path, fullPage: false});
   log('screenshot', path);
   return path;
+}
+
+/** Switches TensorBoard's dark mode on or off and waits for the tab to follow
+ * (and its charts to redraw). */
+async function setDark(frame, on) {
+  await page.evaluate((d) => document.body.classList.toggle('dark-mode', d), on);
+  await frame.waitForFunction((d) => document.body.classList.contains('dark') === d, on);
+  await page.waitForTimeout(400);
+}
+
+/** Screenshots of the tab (or of one element of it, a locator in the frame)
+ * in light, NAME.png, and in dark, NAME-dark.png; leaves the tab light. */
+async function shots(frame, name, what = null) {
+  const take = async (file) => {
+    const path = join(SHOTS, file);
+    await (what || page.locator('iframe').first()).screenshot({path});
+    log('screenshot', path);
+    return path;
+  };
+  const light = await take(`${name}.png`);
+  await setDark(frame, true);
+  const dark = await take(`${name}-dark.png`);
+  await setDark(frame, false);
+  return {light, dark};
+}
+
+/** The run view fits: the cause card and the Adam chart show whole, not cut
+ * and not scrolled inside a panel. Each element's content fits its box
+ * (scrollHeight <= clientHeight, and so for every scrollable box inside it).
+ * With `onScreen`, their bottom is also inside the tab's viewport with the
+ * tab not scrolled (the 1600x1000 layout); without it the page may scroll.
+ * Returns the measures. */
+async function checkFits(frame, what, onScreen) {
+  const m = await frame.evaluate(() => {
+    window.scrollTo(0, 0);
+    const measure = (testid) => {
+      const e = document.querySelector(`[data-testid=${testid}]`);
+      if (!e) return null;
+      const b = e.getBoundingClientRect();
+      // boxes inside it that scroll or clip their content, and cut it
+      const cut = [e, ...e.querySelectorAll('*')].filter((x) => {
+        const oy = getComputedStyle(x).overflowY;
+        return x === e ? x.scrollHeight > x.clientHeight + 1
+          : (oy === 'auto' || oy === 'scroll' || oy === 'hidden') && x.scrollHeight > x.clientHeight + 1 &&
+            x.clientHeight > 0 && !x.classList.contains('u-over') && !x.classList.contains('u-under');
+      }).map((x) => `${x.tagName.toLowerCase()}.${[...x.classList].join('.')} ${x.scrollHeight}>${x.clientHeight}`);
+      return {top: b.top, bottom: b.bottom, height: b.height, scrollHeight: e.scrollHeight, clientHeight: e.clientHeight, cut};
+    };
+    return {viewport: [innerWidth, innerHeight], page: document.scrollingElement.scrollHeight,
+      card: measure('cause-card'), adam: measure('adam-chart'), heatmap: measure('heatmap')};
+  });
+  log(`fit (${what})`, JSON.stringify(m));
+  for (const key of ['card', 'adam']) {
+    const e = m[key];
+    assert.ok(e, `${what}: the ${key} is shown`);
+    assert.ok(e.height > 40, `${what}: the ${key} is drawn (${e.height} px)`);
+    assert.deepEqual(e.cut, [], `${what}: nothing in the ${key} is cut or scrolls inside it`);
+    assert.ok(e.scrollHeight <= e.clientHeight + 1, `${what}: the ${key}'s content fits it (${e.scrollHeight} > ${e.clientHeight})`);
+    if (onScreen) {
+      assert.ok(e.top >= 0 && e.bottom <= m.viewport[1] + 0.5,
+        `${what}: the ${key} is whole on screen (${e.top.toFixed(0)}..${e.bottom.toFixed(0)} px of ${m.viewport[1]})`);
+    }
+  }
+  if (onScreen) {
+    assert.ok(m.page <= m.viewport[1] + 1, `${what}: the run view needs no scroll (${m.page} px in ${m.viewport[1]})`);
+  }
+  return m;
 }
 
 /** 10. Zooming the 1M-step run fetches the zoomed range at the chart's
@@ -424,7 +494,7 @@ try {
   for (const vals of axis.strips) assert.ok(vals.every((t) => t !== ''), `strip ticks labelled: ${vals}`);
   const legend = await frame.locator('[data-testid=legend] .legend-item').evaluateAll((is) => is.map((i) => [i.dataset.cause, i.textContent]));
   for (const [id, text] of legend) assert.ok(text.includes(causeStyle(id, registry).label), `legend: ${id} labelled from the registry`);
-  await shot('timeline.png');
+  await shots(frame, 'timeline');
 
   if (main.t.anomalies.length) {
     const target = main.t.anomalies.find((a) => a.cause && a.cause.variable) || main.t.anomalies[0];
@@ -495,11 +565,32 @@ try {
     }
     log('cited steps in the window', JSON.stringify(cited), `${evSteps[0]}..${evSteps.at(-1)}`);
     await page.waitForTimeout(300);
-    const cardShot = await shot('cause-card.png');
+    // The run view fits at 1600x1000, light and dark: card and Adam chart
+    // whole on screen, nothing cut or scrolled inside them.
+    await checkFits(frame, `${VIEWPORT.width}x${VIEWPORT.height} light`, true);
+    const cardShots = await shots(frame, 'cause-card');
+    await setDark(frame, true);
+    await checkFits(frame, `${VIEWPORT.width}x${VIEWPORT.height} dark`, true);
+    await setDark(frame, false);
     if (args.docs) {
-      await page.locator('iframe').first().screenshot({path: args.docs});
-      log('docs screenshot', args.docs, 'from', cardShot);
+      copyFileSync(cardShots.light, args.docs);
+      const dark = args.docs.replace(/\.png$/, '-dark.png');
+      copyFileSync(cardShots.dark, dark);
+      log('docs screenshots', args.docs, dark);
     }
+    await shots(frame, 'heatmap', frame.locator('[data-testid=heatmap]'));
+    await shots(frame, 'adam-chart', frame.locator('[data-testid=adam-chart]'));
+    // Readable at 1280x800: the page may scroll, nothing in the card or the
+    // Adam chart is cut.
+    await page.setViewportSize({width: 1280, height: 800});
+    await frame.waitForFunction(() => document.querySelector('main.app').clientWidth < 1300);
+    await page.waitForTimeout(800);
+    await checkFits(frame, '1280x800', false);
+    await shots(frame, 'cause-card-1280x800');
+    await page.setViewportSize(VIEWPORT);
+    await frame.waitForFunction(() => document.querySelector('main.app').clientWidth > 1500);
+    await page.waitForTimeout(800);
+    await checkFits(frame, `${VIEWPORT.width}x${VIEWPORT.height} again`, true);
     // The statistic selector redraws the heatmap with the same highlight;
     // each statistic's unmeasured cells are blank, its NaN cells red.
     const stats = await frame.locator('[data-testid=heatmap-stat] option').evaluateAll((os) => os.map((o) => o.value));
@@ -567,7 +658,7 @@ try {
     assert.ok(lo <= early.t.first_step + 1 && hi >= last && hi - lo < (early.t.last_step - early.t.first_step) / 4,
       `${early.run} opens on ${lo}..${hi} (anomalies up to ${last} of ${early.t.last_step})`);
     assert.match(await frame.locator('[data-testid=run-facts]').textContent(), /opened on steps/);
-    await shot('early-story.png');
+    await shots(frame, 'early-story');
     log('early story zoom ok', early.run, lo, hi);
   }
   // A run with non-finite values draws, with its non-finite facts.
@@ -611,7 +702,7 @@ try {
   await page.setViewportSize({width: 1000, height: 900});
   await frame.waitForFunction((w) => Math.abs(document.querySelector('[data-testid=timeline] canvas').getBoundingClientRect().width - w) > 100, w0);
   await shot('narrow.png');
-  await page.setViewportSize({width: 1440, height: 1000});
+  await page.setViewportSize(VIEWPORT);
   await frame.waitForFunction((w) => Math.abs(document.querySelector('[data-testid=timeline] canvas').getBoundingClientRect().width - w) < 40, w0);
 
   // 6. TensorBoard's reload button reaches the tab (experimental.DataReloaded).

@@ -122,8 +122,10 @@ def _half_precision(ctx: Context) -> Optional[str]:
         return None
     return (f"The variables (and so Adam's moments) are float16, and Adam's "
             f"epsilon {fmt(eps)} is below float16's smallest normal number "
-            f"({fmt(FLOAT16_TINY)}): v̂ underflows to 0 for small gradients and "
-            f"the step lr·m̂/(√v̂+ε) overflows.")
+            f"({fmt(FLOAT16_TINY)}): Adam's running average of the squared "
+            f"gradient underflows to 0 for small gradients, and its step (the "
+            f"learning rate times the averaged gradient, divided by the square "
+            f"root of that average plus epsilon) overflows.")
 
 
 def _geometric_rise(ctx: Context, i0: int, ip: int) -> Optional[str]:
@@ -172,8 +174,10 @@ def _rms_crossing(ctx: Context, ip: int) -> Optional[Tuple[str, Optional[str], i
     if d is not None and variable in ctx.names:
         m = d[ctx.names.index(variable), STAT["sqrt_nu_over_eps_median"]]
         if np.isfinite(m):
-            med = f"; median √v̂/ε = {fmt(m)}"
-    return (f"RMS(g²/v̂){' of ' + variable if variable else ''} crossed 1.0 at "
+            med = (f"; the median square root of that average was {fmt(m)}x "
+                   f"Adam's epsilon")
+    return (f"RMS(g²/v̂){' of ' + variable if variable else ''}, the size of "
+            f"the gradient against Adam's running average of its square, crossed 1.0 at "
             f"step {int(run.steps[cross])}, {lead} steps before the loss "
             f"peak (max {fmt(np.nanmax(window))}){med}.", variable, lead)
 

@@ -91,7 +91,8 @@ def _against(ctx: Context, a: Anomaly, ip: int, confidence: float,
     if np.any(rms[lo:ip] > level):
         confidence -= PRECURSOR_PENALTY  # an Adam precursor: maybe not the batch alone
     elif np.any(np.isfinite(rms[lo:ip])):
-        evidence.append(f"No Adam precursor: RMS(g²/v̂) stayed below "
+        evidence.append(f"No Adam precursor: RMS(g²/v̂), the size of the "
+                        f"gradient against Adam's running average of its square, stayed below "
                         f"{fmt(level)}{' (its usual range)' if level > 1 else ''} "
                         f"before it.")
     return confidence

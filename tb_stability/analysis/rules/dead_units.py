@@ -76,8 +76,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     else:
         at = f"ln {ctx.classes}"
         if ctx.classes and abs(a.baseline - math.log(ctx.classes)) > 0.05 * math.log(ctx.classes):
-            at = f"B·ln {ctx.classes} (a loss summed over a batch of B)"
-        evidence = [f"The loss is pinned at {fmt(a.baseline)} ≈ {at} "
+            at = f"the batch size times ln {ctx.classes} (a loss summed over the batch)"
+        evidence = [f"The loss is pinned at {fmt(a.baseline)}, about {at}, "
                     f"from step {a.step}: the output is the class prior."]
         confidence = PINNED_CONFIDENCE
     if np.isfinite(early) and np.isfinite(during) and during < GRAD_COLLAPSE * early:

@@ -116,7 +116,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
                 f"x{factor:.3g} per step from step "
                 f"{first} to {last} at a constant learning rate of "
                 f"{fmt(run.col('learning_rate')[i0])}: the step is past the "
-                f"stability limit of the surface (lr·λ > 2).")
+                f"stability limit of the surface (the learning rate times its "
+                f"sharpest curvature is above 2).")
             confidence = max(confidence, GEOMETRIC_CONFIDENCE)
     if not evidence:
         return None

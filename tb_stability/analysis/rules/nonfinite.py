@@ -171,7 +171,8 @@ def check_input(ctx: Context, a: Anomaly) -> Optional[Cause]:
         variable = ctx.name(ctx.input_index)
         evidence = [f"Silent NaN: the loss stayed finite ({fmt(ctx.loss[i])}) at "
                     f"step {a.step} while only the first layer's gradient, "
-                    f"{variable}, was non-finite: x^T delta carried NaN/Inf from "
+                    f"{variable}, was non-finite: its gradient, the inputs times "
+                    f"the error sent back from the layer, carried NaN/Inf from "
                     f"the inputs."]
         evidence += _input_features(ctx, a.step, variable)
         return make_cause(C.NONFINITE_INPUT, INPUT_GRADIENT_CONFIDENCE, evidence,

@@ -78,8 +78,9 @@ def _adam_memory(ctx: Context, a: Anomaly, previous: Anomaly) -> Tuple[List[str]
     opt = ctx.run.optimizer
     b1, b2 = opt.get("beta_1", 0.9), opt.get("beta_2", 0.999)
     evidence = [
-        f"Adam's moments still carry that gradient: m decays by beta_1={fmt(b1)} "
-        f"per step and v by beta_2={fmt(b2)}, so it keeps pushing the weights "
+        f"Adam's moments still carry that gradient: its running average of the "
+        f"gradient decays by beta_1={fmt(b1)} per step and that of the squared "
+        f"gradient by beta_2={fmt(b2)}, so it keeps pushing the weights "
         f"along it for about {fmt(1 / max(1 - b1, 1e-6))} steps and shrinks the "
         f"steps that could repair the damage for about {fmt(1 / max(1 - b2, 1e-6))}."]
     ip, i0 = ctx.idx(previous.peak_step), ctx.idx(previous.step)
@@ -88,9 +89,10 @@ def _adam_memory(ctx: Context, a: Anomaly, previous: Anomaly) -> Tuple[List[str]
     rms = rms[np.isfinite(rms)]
     level = rms_precursor_level(all_rms, i0)
     if len(rms) and np.max(rms) <= level:
-        evidence.append(f"RMS(g²/v̂) stayed within its usual range (max "
+        evidence.append(f"RMS(g²/v̂), the size of the gradient against Adam's "
+                        f"running average of its square, stayed within its usual range (max "
                         f"{fmt(np.max(rms))}, at most {fmt(level)}) from then to "
-                        f"the peak: v̂ was inflated, not decayed.")
+                        f"the peak: that average was inflated, not decayed.")
         return evidence, True
     return evidence, False
 

@@ -81,8 +81,8 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     batch, loss0 = run.col("batch_size")[0], ctx.loss[0]
     expected = batch * math.log(ctx.classes)
     evidence = [
-        f"The first loss, {fmt(loss0)}, is B·ln C = {int(batch)} × ln "
-        f"{ctx.classes} = {fmt(expected)}: a loss summed over the batch "
+        f"The first loss, {fmt(loss0)}, is the batch size times ln {ctx.classes}, "
+        f"{int(batch)} × ln {ctx.classes} = {fmt(expected)}: a loss summed over the batch "
         f"(a mean would start near ln {ctx.classes} = {fmt(math.log(ctx.classes))}).",
         _not_invariant(run),
     ]

@@ -107,9 +107,10 @@ def _input_scale(ctx: Context, step0: int, detail: np.ndarray,
     rms = g_w / g_b / math.sqrt(fan_in)
     if not rms > INPUT_RMS_LIMIT:
         return [], 0.0
-    evidence = [f"At step {step0}, ||dW||/||db|| of {variable} is "
-                f"{fmt(g_w / g_b)}: inputs of RMS about {fmt(rms)} over "
-                f"{fan_in} inputs (standardised inputs give about 1)."]
+    evidence = [f"At step {step0}, the gradient norm of the kernel {variable} "
+                f"was {fmt(g_w / g_b)}x its bias's: inputs of root mean square "
+                f"about {fmt(rms)} over {fan_in} inputs (standardised inputs "
+                f"give about 1)."]
     overshoot = _overshoot(ctx, detail, variable)
     if not overshoot:
         return evidence, ESTIMATE_ONLY_CONFIDENCE
@@ -154,7 +155,7 @@ def _measured(ctx: Context, a: Anomaly, detail: Optional[np.ndarray],
         _overshoot(ctx, detail, variable)
     evidence = []
     if median > INPUT_RMS_LIMIT:
-        evidence.append(f"The inputs are in raw units: the median feature's RMS "
+        evidence.append(f"The inputs are in raw units: the median feature's root mean square "
                         f"value is {fmt(median)} over the first steps "
                         f"(standardised inputs give about 1).")
         confidence = OVERSHOOT_CONFIDENCE if overshoot else MEASURED_ONLY_CONFIDENCE

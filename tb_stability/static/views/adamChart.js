@@ -1,6 +1,7 @@
-// Adam's state for one variable over the evidence window: √v̂ (RMS and
-// median) against ε on a log axis, the effective step η/(√v̂+ε) on the
-// right axis (the variable's, and the largest of any variable: what the
+// Adam's state for one variable over the evidence window: the square root
+// of Adam's running average of the squared gradient, √v̂ (RMS and median
+// over the variable's entries), against epsilon on a log axis, and the
+// effective step, the learning rate / (√v̂ + epsilon), on the right axis (the variable's, and the largest of any variable: what the
 // evidence sentences quote), with the onset and peak marked. Every series
 // is on an axis of its own unit (the loss is in the timeline above).
 
@@ -8,7 +9,13 @@ import uPlot from '../vendor/uplot/uPlot.esm.js';
 import {canLog, decodeArray, formatNumber, formatStep, formatStepShort, logSplits, plottable} from '../model.js';
 import {el, themeColors} from './dom.js';
 
-const HEIGHT = 230;
+const HEIGHT = 170;
+
+/** The width inside the container's padding (clientWidth counts it). */
+function contentWidth(c) {
+  const cs = window.getComputedStyle(c);
+  return (c.clientWidth || 400) - (parseFloat(cs.paddingLeft) || 0) - (parseFloat(cs.paddingRight) || 0);
+}
 
 export class AdamChartView {
   constructor(container) {
@@ -38,7 +45,7 @@ export class AdamChartView {
       el('code', {class: 'adam-var', 'data-testid': 'adam-variable', title: d.variable}, d.variable)));
     if (!opt.adam) {
       c.appendChild(el('p', {class: 'muted note', 'data-testid': 'adam-missing'},
-        `This run's optimizer (${opt.name || 'unknown'}) keeps no Adam second moment: nothing to compare with \u03b5.`));
+        `This run's optimizer (${opt.name || 'unknown'}) keeps no running average of the squared gradient (Adam's second moment): nothing to compare with epsilon.`));
       return;
     }
     const i = d.index;
@@ -55,10 +62,13 @@ export class AdamChartView {
         'No finite Adam statistics were recorded for this variable in this window.'));
       return;
     }
+    c.appendChild(el('div', {class: 'chart-sub adam-words', 'data-testid': 'adam-words'},
+      "gradient scale: the square root of Adam's running average of the squared gradient; " +
+      'effective step: the learning rate / (gradient scale + epsilon)'));
     const colors = themeColors();
     const font = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
     const fmt = (u, v) => formatNumber(v, 3);
-    const width = Math.max(240, c.clientWidth || 400);
+    const width = Math.max(240, contentWidth(c));
     const effLog = canLog(eff, effAll);
     const opts = {
       width, height: HEIGHT,
@@ -71,17 +81,17 @@ export class AdamChartView {
           values: (u, vals) => vals.map(formatStepShort)},
         {scale: 'v', stroke: colors.axis, font, size: 56, grid: {stroke: colors.grid}, ticks: {stroke: colors.grid, size: 4},
           splits: (u, i, min, max) => logSplits(min, max, 5),
-          values: (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 2))), label: '\u221av\u0302, \u03b5', labelSize: 14, labelFont: font},
+          values: (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 2))), label: 'gradient scale, epsilon', labelSize: 14, labelFont: font},
         {scale: 'e', side: 1, stroke: '#e15759', font, size: 56, grid: {show: false}, ticks: {stroke: colors.grid, size: 4},
           values: (u, vals) => vals.map((v) => (v === null || v === undefined ? '' : formatNumber(v, 2))), label: 'effective step', labelSize: 14, labelFont: font},
       ],
       series: [
         {label: 'step', value: (u, v) => (v === null ? '\u2014' : formatStep(v))},
-        {label: 'RMS \u221av\u0302', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#4e79a7', width: 1.5, value: fmt},
-        {label: 'median \u221av\u0302', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#59a14f', width: 1.5, value: fmt},
-        {label: '\u03b5', scale: 'v', points: {show: false}, stroke: colors.fg, width: 1, dash: [5, 4], value: fmt},
-        {label: 'eff. step (this variable)', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1.5, value: fmt},
-        {label: 'eff. step (largest, any variable)', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1, dash: [2, 3], value: fmt},
+        {label: 'gradient scale (RMS)', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#4e79a7', width: 1.5, value: fmt},
+        {label: 'gradient scale (median)', scale: 'v', points: {show: false}, spanGaps: true, stroke: '#59a14f', width: 1.5, value: fmt},
+        {label: 'epsilon', scale: 'v', points: {show: false}, stroke: colors.fg, width: 1, dash: [5, 4], value: fmt},
+        {label: 'effective step (this variable)', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1.5, value: fmt},
+        {label: 'effective step (largest, any variable)', scale: 'e', points: {show: false}, spanGaps: true, stroke: '#e15759', width: 1, dash: [2, 3], value: fmt},
       ],
       hooks: {draw: [(u) => this.drawMarks(u, colors)]},
     };
@@ -105,6 +115,6 @@ export class AdamChartView {
   }
 
   resize() {
-    if (this.u) this.u.setSize({width: Math.max(240, this.container.clientWidth), height: HEIGHT});
+    if (this.u) this.u.setSize({width: Math.max(240, contentWidth(this.container)), height: HEIGHT});
   }
 }

@@ -19,9 +19,9 @@ import {
 import {el, themeColors} from './dom.js';
 
 export const HEATMAP_STATS = {
-  grad_norm: 'gradient norm \u2016g\u2016',
-  rms_ratio: 'RMS(g\u00b2/v\u0302)',
-  update_ratio: 'update ratio \u2016\u0394w\u2016/\u2016w\u2016',
+  grad_norm: 'gradient norm',
+  rms_ratio: "gradient against Adam's average of its square, RMS(g\u00b2/v\u0302)",
+  update_ratio: "update size against the weights' size",
 };
 const MIN_ROW_H = 14, MAX_ROW_H = 26, TARGET_H = 220;
 const MAX_LABEL_W = 230;

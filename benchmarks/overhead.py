@@ -46,6 +46,13 @@ pairs, a 300-step run of the small MLP with `fit`, the eager-record loop
 and the in-graph loop: the time to the end of the first step (tracing) and
 of the whole run (the last write included).
 
+The update guard (`--sections guard`, the `--models`): `tb_stability` against
+`tb_stability_guard`, `StabilityCallback(logdir, skip_nonfinite=True,
+skip_outlier_z=6.0)` (nothing is skipped on these clean runs: the cost is
+the decision and the cond around the update), interleaved with plain as
+above; the guard's own cost is the `guard_vs_recording` row, the median
+over rounds of guarded epoch time over unguarded in the same round.
+
 Memory (`--sections memory`): the rings' device memory and the recorder's
 host memory for 10, 100 and 1,000 variables, read at two step counts (no
 growth with the steps).
@@ -53,6 +60,7 @@ growth with the steps).
     python benchmarks/overhead.py                    # all models, 20 rounds
     python benchmarks/overhead.py --models mlp --reps 10 --conditions plain tb_stability
     python benchmarks/overhead.py --sections loop fixed memory
+    python benchmarks/overhead.py --sections guard --models mlp --reps 10
 """
 
 import argparse
@@ -73,6 +81,8 @@ CONDITIONS = ("plain", "tb_stability", "tb_stability_full", "keras_tb_hist",
 # (steps per timed epoch, batch size) per model.
 DEFAULTS = {"mlp": (300, 64), "cnn": (100, 32), "transformer": (100, 32),
             "dense100": (300, 32), "small": (300, 64)}
+# The update guard's section (`--sections guard`), interleaved.
+GUARD_CONDITIONS = ("plain", "tb_stability", "tb_stability_guard")
 # The custom-loop conditions (`--custom-loop`), each against its plain loop:
 # (name, plain baseline, record where, jit_compile).
 LOOP_CONDITIONS = (
@@ -148,6 +158,9 @@ def callbacks(condition, logdir):
         return [tb_stability.keras.StabilityCallback(logdir)]
     if condition == "tb_stability_full":
         return [tb_stability.keras.StabilityCallback(logdir, full_detail=True)]
+    if condition == "tb_stability_guard":
+        return [tb_stability.keras.StabilityCallback(
+            logdir, skip_nonfinite=True, skip_outlier_z=6.0)]
     if condition == "keras_tb_hist":
         return [keras.callbacks.TensorBoard(logdir, histogram_freq=1)]
     if condition == "keras_tb_batch":
@@ -613,11 +626,12 @@ def print_memory(results, rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=["fit"],
-                        choices=["fit", "loop", "fixed", "memory"],
+                        choices=["fit", "loop", "fixed", "memory", "guard"],
                         help="fit: model.fit with the callbacks; loop: the "
                         "custom loop (Monitor.record eager, in-graph, XLA); "
                         "fixed: a short run's fixed cost, fresh processes; "
-                        "memory: rings and host memory")
+                        "memory: rings and host memory; guard: the update "
+                        "guard on against off")
     parser.add_argument("--models", nargs="+",
                         default=["mlp", "cnn", "transformer"],
                         choices=sorted(DEFAULTS))
@@ -677,6 +691,23 @@ def main():
                     continue
                 print_row(results, name, params, variables, c, times,
                           block["plain"], steps, batch)
+    if "guard" in args.sections:
+        print("\n# update guard (guard_vs_recording: tb_stability_guard "
+              "against tb_stability, paired by round)")
+        print(header)
+        for name in args.models:
+            steps, batch = DEFAULTS[name]
+            steps = args.steps or steps
+            block = interleaved(name, GUARD_CONDITIONS, steps, batch,
+                                args.warmup, args.reps)
+            probe, _, _ = compiled(name)
+            params, variables = probe.count_params(), len(probe.trainable_variables)
+            for c in GUARD_CONDITIONS:
+                print_row(results, name, params, variables, c, block[c],
+                          block["plain"], steps, batch)
+            print_row(results, name, params, variables, "guard_vs_recording",
+                      block["tb_stability_guard"], block["tb_stability"],
+                      steps, batch)
     if "loop" in args.sections:
         print("\n# custom loop (each ratio against its plain loop: "
               "loop_plain, or loop_plain_xla under XLA)")

@@ -3,7 +3,8 @@
 Exit status: 0 when no anomaly is found, 1 when anomalies are found, 2 on a
 usage or read error (with a message on stderr).
 
-The table fits `WIDTH` columns: one row per anomaly (its top cause), and
+The table fits `WIDTH` columns: one row per anomaly (its top cause; the
+kind says "[N skipped]" when the update guard skipped N updates in it), and
 under each run's rows that run's distinct fixes, once each, wrapped. Long
 run and layer names are shortened in the middle to fit.
 """
@@ -41,6 +42,9 @@ def _rows(run):
         step = str(a["step"]) if a["peak_step"] == a["step"] else \
             f"{a['step']}->{a['peak_step']}"
         kind = a["kind"] + (f" ({a['pattern']})" if a.get("pattern") else "")
+        if a.get("guard_skipped"):
+            # Updates the update guard skipped inside the anomaly.
+            kind += f" [{a['guard_skipped']} skipped]"
         rows.append((run["run"], kind, step,
                      f"{top['cause']} ({top['confidence']:.2f})",
                      top["layer"] or "",

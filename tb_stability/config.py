@@ -41,6 +41,16 @@ class RecorderConfig:
         with the median every step: more disk and a slower step.
       flush_secs: a partial window is written when this many seconds passed
         since the last write, so a live run shows up in TensorBoard.
+      skip_nonfinite: the update guard (off by default): an update whose
+        gradients hold NaN/Inf is skipped inside the compiled step (weights
+        and optimizer moments stay as they were). Under a
+        LossScaleOptimizer those steps are its own skips, left to it.
+      skip_outlier_z: the guard also skips an update whose log global
+        gradient norm is this many running (winsorised) standard deviations
+        above its recent level, after a warm-up; 0 turns it off.
+      max_skips_in_a_row: the guard never skips more updates than this in a
+        row: the next ones go through (a warning is logged once) until one
+        needs no skip, so that a broken run is not silently frozen.
     """
 
     window: int = 256
@@ -54,6 +64,9 @@ class RecorderConfig:
     median_every: int = 10
     full_detail: bool = False
     flush_secs: float = 30.0
+    skip_nonfinite: bool = False
+    skip_outlier_z: float = 0.0
+    max_skips_in_a_row: int = 25
 
     def __post_init__(self):
         """Checks the ranges and normalises the types."""
@@ -63,9 +76,20 @@ class RecorderConfig:
         for name in ("detail_before", "detail_after", "first_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.skip_outlier_z) < float("inf"):
+            raise ValueError("skip_outlier_z must be >= 0 (0: off), got "
+                             f"{self.skip_outlier_z!r}")
+        if int(self.max_skips_in_a_row) < 1:
+            raise ValueError("max_skips_in_a_row must be >= 1, got "
+                             f"{self.max_skips_in_a_row!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             object.__setattr__(self, field.name, _TYPES[field.name](value))
+
+    @property
+    def guard_on(self) -> bool:
+        """Whether the update guard may skip updates."""
+        return self.skip_nonfinite or self.skip_outlier_z > 0
 
     @property
     def effective_stats_every(self) -> int:
@@ -102,6 +126,11 @@ class RecorderConfig:
                 "grad_z": self.grad_z,
                 "rms_threshold": self.rms_threshold,
             },
+            "guard": {
+                "skip_nonfinite": self.skip_nonfinite,
+                "skip_outlier_z": self.skip_outlier_z,
+                "max_skips_in_a_row": self.max_skips_in_a_row,
+            },
         }
 
     @classmethod
@@ -114,9 +143,12 @@ class RecorderConfig:
         info = info if isinstance(info, Mapping) else {}
         detector = info.get("detector")
         detector = detector if isinstance(detector, Mapping) else {}
+        guard = info.get("guard")
+        guard = guard if isinstance(guard, Mapping) else {}
         values = {}
         for name in _TYPES:
-            raw = detector.get(name) if name in _DETECTOR else info.get(name)
+            raw = (detector.get(name) if name in _DETECTOR
+                   else guard.get(name) if name in _GUARD else info.get(name))
             if name == "stats_every" and raw is None:
                 raw = 1
             if raw is None or isinstance(raw, (dict, list, str)):
@@ -131,3 +163,4 @@ class RecorderConfig:
 
 _TYPES = {f.name: f.type for f in dataclasses.fields(RecorderConfig)}
 _DETECTOR = ("loss_z", "grad_z", "rms_threshold")
+_GUARD = ("skip_nonfinite", "skip_outlier_z", "max_skips_in_a_row")

@@ -48,6 +48,10 @@ GLOBAL_COLUMNS = (
     "loss_scale",  # dynamic loss scale; NaN without LossScaleOptimizer
     "flags",  # bit mask of the online detector, see FLAG_*
     "eff_step_max",  # max over variables of the effective Adam step
+    # The update guard's decision (`skip_nonfinite`, `skip_outlier_z`): 0
+    # applied, 1 skipped, 2 let through (`max_skips_in_a_row` reached);
+    # NaN with the guard off.
+    "guard_skip",
     # The step's data and the model's output on it (NaN: not measured).
     "input_nonfinite",  # NaN/Inf entries in the input batch (all inputs)
     "target_nonfinite",  # NaN/Inf entries in the targets
@@ -97,6 +101,11 @@ FLAG_GRAD_OUTLIER = 2
 FLAG_NONFINITE = 4
 FLAG_RMS_RATIO = 8
 FLAG_LOSS_RISE = 16
+
+# Values of the "guard_skip" global column.
+GUARD_APPLIED = 0
+GUARD_SKIPPED = 1
+GUARD_LET_THROUGH = 2
 
 
 def is_readable(content) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tb_stability.config import RecorderConfig
+from tb_stability.record import guard as guard_lib
 from tb_stability.record import model_info as model_description
 from tb_stability.record.global_stats import feature_tensor, feature_width
 from tb_stability.record.recorder import Recorder
@@ -75,6 +76,9 @@ class Monitor:
         self._disabled = False
         if not self.variables:
             raise ValueError("Monitor needs the list of trainable variables")
+        # With a skip option, the update guard on the optimizer's `apply`.
+        self._guard = (guard_lib.OptimizerGuard(optimizer, self.config)
+                       if self.config.guard_on else None)
         if tf.distribute.has_strategy():
             # Mirrored state must be created in the strategy's scope, not
             # inside the replica function.
@@ -91,7 +95,8 @@ class Monitor:
             features = feature_width(feature_tensor(inputs))
         self._recorder = Recorder(
             self.logdir, self.optimizer, self.variables, self.config,
-            input_features=features, model_info=self._model_info)
+            input_features=features, model_info=self._model_info,
+            guard=None if self._guard is None else self._guard.guard)
 
     @tf.autograph.experimental.do_not_convert  # see Recorder.push
     def record(self, step, loss, gradients, *, batch_size=None, inputs=None,
@@ -161,17 +166,22 @@ class Monitor:
                 "input_features=; per-feature input statistics are not "
                 "recorded.",
             )
+        grad_sq = guard_skip = None
+        if self._guard is not None:
+            grad_sq, guard_skip = self._guard.take(self.variables)
         if tf.executing_eagerly() and not tf.distribute.has_strategy():
             # Called from Python: run the step's work as one compiled call
             # (traced once per input signature), not op by op.
             count = self._compiled_push()(
                 _as_tensor(step, tf.int64), tf.convert_to_tensor(loss),
                 [_as_tensor(g) for g in gradients], _as_tensor(batch_size),
-                _tensors(inputs), _tensors(targets), _tensors(predictions))
+                _tensors(inputs), _tensors(targets), _tensors(predictions),
+                grad_sq, guard_skip)
         else:
             count = rec.push(loss, gradients, batch_size=batch_size,
                              inputs=inputs, targets=targets,
-                             predictions=predictions, step=step)
+                             predictions=predictions, step=step,
+                             grad_sq=grad_sq, guard_skip=guard_skip)
         self._write_when_due(rec, count, replicas)
 
     def _compiled_push(self):
@@ -186,10 +196,11 @@ class Monitor:
             rec = self._recorder
 
             def push(step, loss, gradients, batch_size, inputs, targets,
-                     predictions):
+                     predictions, grad_sq, guard_skip):
                 return rec.push(loss, gradients, batch_size=batch_size,
                                 inputs=inputs, targets=targets,
-                                predictions=predictions, step=step)
+                                predictions=predictions, step=step,
+                                grad_sq=grad_sq, guard_skip=guard_skip)
 
             self._push_fn = tf.function(push, reduce_retracing=True,
                                         autograph=False)
@@ -244,7 +255,12 @@ class Monitor:
         rec.flush(final=final)
 
     def close(self):
-        """Writes everything recorded and closes the event file."""
+        """Writes everything recorded and closes the event file.
+
+        The optimizer's own `apply` is put back (the update guard's ends).
+        """
+        if self._guard is not None:
+            self._guard.restore()
         if self._recorder is not None:
             self._recorder.close()
 

@@ -415,6 +415,18 @@ def _nonfinite(steps, loss, nonfinite_count, skipped=None):
     return found
 
 
+def _guarded_away(steps, loss, nonfinite_count, guard_skipped, anomaly):
+    """Whether the guard skipped the update of every non-finite row of it."""
+    if guard_skipped is None or anomaly.end_step is None:
+        return False
+    lo = int(np.searchsorted(steps, anomaly.step))
+    hi = int(np.searchsorted(steps, anomaly.end_step))
+    bad = ~np.isfinite(np.asarray(loss[lo:hi], np.float64))
+    if nonfinite_count is not None:
+        bad |= np.nan_to_num(np.asarray(nonfinite_count[lo:hi], np.float64)) > 0
+    return bool(bad.any() and np.all(np.asarray(guard_skipped[lo:hi])[bad]))
+
+
 def _rows_of(steps, anomalies, n, tail=0):
     """Bool [n]: the rows inside `anomalies`, and `tail` rows after each.
 
@@ -430,7 +442,7 @@ def _rows_of(steps, anomalies, n, tail=0):
 
 def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
                      skipped=None, grad_norm=None, batch_size=None,
-                     pred_spread=None) -> List[Anomaly]:
+                     pred_spread=None, guard_skipped=None) -> List[Anomaly]:
     """All anomalies of one loss curve, sorted by onset step.
 
     Arguments:
@@ -450,6 +462,10 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
       pred_spread: optional [n] spread of the predictions over each step's
         batch, relative to their size (`stalls.constant_output`): a model
         giving every input the same output is stuck at any level.
+      guard_skipped: optional bool [n]: steps whose update the update guard
+        skipped (`guard_skip` 1). They stay anomalies (a NaN batch is still
+        one), but a non-finite stretch whose every step was skipped did not
+        break the run: spikes and stalls after it are still looked for.
     """
     steps = np.asarray(steps, np.int64)
     loss = np.asarray(loss, np.float64)
@@ -461,8 +477,10 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
     found = _nonfinite(steps, loss, nonfinite, skipped)
     # Past the first non-finite step a run is broken: no spikes after it.
     first_bad = None
-    if found:
-        first_bad = int(np.searchsorted(steps, found[0].step))
+    breaking = [a for a in found
+                if not _guarded_away(steps, loss, nonfinite, guard_skipped, a)]
+    if breaking:
+        first_bad = int(np.searchsorted(steps, breaking[0].step))
     excursions = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early)
     for _ in range(QUIET_PASSES):
         # Again, against a baseline the excursions found do not inflate: a

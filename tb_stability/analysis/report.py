@@ -43,14 +43,36 @@ def skipped_rows(loss, scale):
         return np.isfinite(loss) & np.isfinite(scale) & (nxt < scale)
 
 
+def guard_skipped_steps(run):
+    """The steps whose update the update guard skipped, as a row mask.
+
+    None when the run had no guard (`guard_skip` all NaN, or older runs).
+    """
+    col = run.col("guard_skip")
+    if not np.any(np.isfinite(col)):
+        return None
+    return col == 1.0  # metadata.GUARD_SKIPPED
+
+
+def _guard_count(run, guarded, a):
+    """Updates the guard skipped from the anomaly's onset to its end."""
+    if guarded is None:
+        return 0
+    lo = int(np.searchsorted(run.steps, a.step))
+    hi = (len(run.steps) if a.end_step is None
+          else max(int(np.searchsorted(run.steps, a.end_step)), lo + 1))
+    return int(np.count_nonzero(guarded[lo:hi]))
+
+
 def analyze_run(run):
     """[anomaly dict] for one `RunData`, each with its ranked causes."""
     ctx = Context(run)
+    guarded = guard_skipped_steps(run)
     anomalies = detect_lib.detect_anomalies(
         run.steps, run.col("loss"), nonfinite=run.col("nonfinite"),
         classes=ctx.classes, skipped=skipped_steps(run),
         grad_norm=run.col("grad_norm"), batch_size=run.col("batch_size"),
-        pred_spread=ctx.pred_spread())
+        pred_spread=ctx.pred_spread(), guard_skipped=guarded)
     out, earlier = [], []
     for a in anomalies:
         causes = attribute_lib.rank_causes(run, a, ctx)
@@ -67,6 +89,7 @@ def analyze_run(run):
             "severity": round(float(a.severity), 4),
             "baseline": _finite_or_none(a.baseline),
             "peak_value": _finite_or_none(a.peak_value),
+            "guard_skipped": _guard_count(run, guarded, a),
             "causes": [c.to_json() for c in causes],
         })
     return out

@@ -11,6 +11,10 @@ serialisation are untouched):
   statistics into the recorder's ring buffers, in the graph, XLA included;
 * the optimizer's all-reduce of the gradients hands them over under a
   distribution strategy, so the norms recorded are the global ones;
+* with a guard option (`skip_nonfinite`, `skip_outlier_z`), `apply` first
+  lets the recorder's `Guard` decide on the step's gradients (their squared
+  sums, computed once, go on to `push`) and runs the optimizer's own
+  `apply` in a cond (`guard.apply_unless`);
 * the model's loss tracker sees the batch size (`sample_weight`);
 * the model's `compute_loss(x, y, y_pred, ...)` sees the step's inputs,
   targets and predictions (the data columns and per-feature input
@@ -25,7 +29,9 @@ import weakref
 
 import tensorflow as tf
 
+from tb_stability import metadata
 from tb_stability.record import keras_internals
+from tb_stability.record.guard import apply_unless
 from tb_stability.record.model_info import input_features, model_info
 from tb_stability.record.recorder import Recorder
 from tb_stability.record.runtime import replica_count, sum_over_replicas, warn_once
@@ -194,13 +200,18 @@ class Instrumentation:
             if self.lso is not None and scale is None:
                 raise ValueError("train_step did not call optimizer.scale_loss "
                                  "under a LossScaleOptimizer")
+            guarded = self._guard(grads, variables, scale)
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
             return apply(grads, trainable_variables)
         self._captured.reduced = None
-        result = apply(grads, trainable_variables)
+        if guarded is None:
+            result = apply(grads, trainable_variables)
+        else:
+            result = None
+            apply_unless(guarded[2], apply, grads, trainable_variables)
         try:
-            self._record(grads, variables, weights_before, scale)
+            self._record(grads, variables, weights_before, scale, guarded)
         except Exception as e:  # pylint: disable=broad-except
             self._fail(e)
         self._captured.loss = self._captured.computed_loss = None
@@ -209,6 +220,32 @@ class Instrumentation:
         self._captured.scale = None
         self._captured.reduced = None
         return result
+
+    def _guard(self, grads, variables, scale):
+        """The update guard's inputs and decision, before the update.
+
+        Returns None with the guard off, else (ordered gradients, their
+        sums of squares, skip: bool, decision: float32) computed from the
+        gradients the recorder records (all-reduced, unscaled), so that
+        `push` does not compute them again. Under a strategy the gradients
+        are all-reduced here once more (the optimizer's own all-reduce runs
+        inside the guarded update).
+        """
+        rec = self.recorder
+        if rec.guard is None:
+            return None
+        if not self.optimizer.built:
+            # Variables are made before the cond, never inside a branch.
+            self.optimizer.build(variables)
+        g_list, v_list = self._global_grads(grads, variables, replica_count(),
+                                            scale)
+        ordered = rec.order_grads(g_list, v_list)
+        grad_sq = rec.variable_stats.grad_sums(ordered)
+        decision, assign = rec.guard.decide(tf.reduce_sum(grad_sq),
+                                            loss_scaled=self.lso is not None)
+        with tf.control_dependencies([assign]):
+            skip = tf.equal(decision, float(metadata.GUARD_SKIPPED))
+        return ordered, grad_sq, skip, decision
 
     def _take(self, name):
         """A value captured by this thread's trace of the current step."""
@@ -246,11 +283,15 @@ class Instrumentation:
                       for g in g_list]
         return g_list, v_list
 
-    def _record(self, grads, variables, weights_before, scale):
+    def _record(self, grads, variables, weights_before, scale, guarded=None):
         rec = self.recorder  # made by _apply before the update
         replicas = replica_count()
-        g_list, v_list = self._global_grads(grads, variables, replicas, scale)
-        ordered = rec.order_grads(g_list, v_list)
+        if guarded is None:
+            g_list, v_list = self._global_grads(grads, variables, replicas, scale)
+            ordered = rec.order_grads(g_list, v_list)
+            grad_sq = decision = None
+        else:
+            ordered, grad_sq, _, decision = guarded
         before = (None if weights_before is None
                   else rec.order_grads(weights_before, variables))
         loss = self._take("loss")
@@ -275,7 +316,8 @@ class Instrumentation:
         rec.push(loss, ordered, weights_before=before, batch_size=batch,
                  loss_scale=scale, inputs=self._take_nest("x"),
                  targets=self._take_nest("y"),
-                 predictions=self._take_nest("y_pred"))
+                 predictions=self._take_nest("y_pred"), grad_sq=grad_sq,
+                 guard_skip=decision)
 
     def _make_compute_loss_hook(self, model):
         def compute_loss(*args, **kwargs):

@@ -42,6 +42,7 @@ from tb_stability.record.global_stats import (
     global_from_stats,
     input_stats,
 )
+from tb_stability.record.guard import Guard
 from tb_stability.record.resume import rows_before_resume
 from tb_stability.record.rings import Rings, ring_capacity
 from tb_stability.record.runtime import (
@@ -100,12 +101,15 @@ class Recorder:
       input_features: number of input features when inputs are recorded.
       initial_step: the step of the first row when steps are not given.
       model_info: the run_info "model" record, if known (`model_info`).
+      guard: the update guard (`guard.Guard`) whose decisions are recorded,
+        if made before the recorder (Monitor's); default: one made here
+        when `config` sets a skip option.
       **options: `RecorderConfig` fields overriding `config`'s.
     """
 
     def __init__(self, logdir, optimizer, variables, config=None, *,
                  steps_per_call=1, input_features=None, initial_step=0,
-                 model_info=None, **options):
+                 model_info=None, guard=None, **options):
         config = (config or RecorderConfig()).replace(**options)
         if logdir is not None and not is_chief():
             # Every worker computes the statistics (the all-reduces need all
@@ -127,6 +131,10 @@ class Recorder:
             ring_capacity(config.window, steps_per_call), len(self.variables),
             self.variable_stats.input_rows, input_features, int(initial_step))
         self.detector = Detector(config)
+        # The update guard, when a skip option is set (`guard`).
+        if guard is None and config.guard_on:
+            guard = Guard(config)
+        self.guard = guard
         # Host side.
         self._out = RunWriter(logdir)
         self._window = Window()
@@ -188,7 +196,7 @@ class Recorder:
     @tf.autograph.experimental.do_not_convert
     def push(self, loss, grads, *, weights_before=None, batch_size=None,
              inputs=None, targets=None, predictions=None, step=None,
-             loss_scale=None):
+             loss_scale=None, grad_sq=None, guard_skip=None):
         """Records one training step (runs in the graph of the step).
 
         Args:
@@ -208,6 +216,11 @@ class Recorder:
           step: optional explicit step; else the recorder's own counter.
           loss_scale: the loss scale this step's loss was multiplied by;
             defaults to the optimizer's current dynamic scale, if any.
+          grad_sq: optional float32 [V], the gradients' sums of squares in
+            the recorder's order, when the update guard computed them.
+          guard_skip: optional float32 scalar, the guard's decision
+            (`metadata.GUARD_*`); NaN (guard off) without it. On a skipped
+            step the update ratios are 0.
 
         Returns:
           The row count after this step (int64 tensor).
@@ -216,7 +229,8 @@ class Recorder:
         loss = tf.reshape(tf.cast(loss, tf.float32), [])
         # Every step: the gradients' exact norms and the detector's outlier
         # tests on the loss and the global gradient norm.
-        grad_sq = self.variable_stats.grad_sums(grads)
+        if grad_sq is None:
+            grad_sq = self.variable_stats.grad_sums(grads)
         grad_norm = tf.sqrt(tf.reduce_sum(grad_sq))
         state = self.detector.read()
         outliers = self.detector.outliers(state, loss, grad_norm)
@@ -224,6 +238,9 @@ class Recorder:
         hot = tf.logical_or(count < full_until, outliers.precursor)
         computed = self._statistics(count, loss, grad_norm, grads, grad_sq,
                                     weights_before, hot)
+        if guard_skip is not None:
+            guard_skip = tf.reshape(tf.cast(guard_skip, tf.float32), [])
+            computed = _no_update_when_skipped(computed, guard_skip)
         loss_bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)
         nonfinite = computed.glob["nonfinite"] + loss_bad
         flags, new_state, rms_high = self.detector.detect(
@@ -238,7 +255,8 @@ class Recorder:
             full_until)
         row = self._global_row(loss, grad_norm, batch_size, loss_scale,
                                computed.glob, nonfinite, flags,
-                               _data_row(inputs, targets, predictions))
+                               _data_row(inputs, targets, predictions),
+                               guard_skip)
         if step is None:
             step = self.rings.next_step.read_value()
         else:
@@ -296,11 +314,13 @@ class Recorder:
                           dict(zip(GLOBAL_FROM_STATS, tf.unstack(glob))))
 
     def _global_row(self, loss, grad_norm, batch_size, loss_scale, glob,
-                    nonfinite, flags, data):
+                    nonfinite, flags, data, guard_skip=None):
         """The step's global row, float32 [len(GLOBAL_COLUMNS)].
 
-        `data` is the {column: value} of `DATA_COLUMNS`.
+        `data` is the {column: value} of `DATA_COLUMNS`; `guard_skip` the
+        guard's decision (NaN without).
         """
+
         nan = tf.constant(float("nan"))
         scale = self.adapter.loss_scale() if loss_scale is None else loss_scale
         values = {
@@ -317,6 +337,7 @@ class Recorder:
             "loss_scale": nan if scale is None else tf.reshape(scale, []),
             "flags": flags,
             "eff_step_max": glob["eff_step_max"],
+            "guard_skip": nan if guard_skip is None else guard_skip,
             **data,
         }
         return tf.stack([values[name] for name in metadata.GLOBAL_COLUMNS])
@@ -449,6 +470,8 @@ class Recorder:
                                      step=int(rows.steps[0]))
             self._info_written = True
         marks, self._data_bad = _detail_marks(rows.global_rows, self._data_bad)
+        if self.guard is not None:
+            self.guard.warn_let_through(rows.steps, rows.global_rows)
         self._detail.note_flags(start, marks)
         if not self._resume_checked:
             self._resume_checked = True
@@ -495,6 +518,27 @@ class Recorder:
         """Writes everything left and closes the event file."""
         self.flush(final=True)
         self._out.close()
+
+
+def _no_update_when_skipped(computed, guard_skip):
+    """`computed` with zero update ratios where the guard skipped the update.
+
+    The ratio derived from Adam's moments would show the previous step's
+    update; nothing moved. NaN (not measured) stays NaN.
+    """
+    skipped = tf.equal(guard_skip, float(metadata.GUARD_SKIPPED))
+    col = metadata.STAT["update_ratio"]
+    stats = computed.stats
+    mask = tf.logical_and(
+        skipped,
+        tf.logical_and(tf.equal(tf.range(tf.shape(stats)[1]), col)[None, :],
+                       tf.logical_not(tf.math.is_nan(stats))))
+    glob = dict(computed.glob)
+    ratio = glob["update_ratio"]
+    glob["update_ratio"] = tf.where(
+        tf.logical_and(skipped, tf.logical_not(tf.math.is_nan(ratio))),
+        0.0, ratio)
+    return computed._replace(stats=tf.where(mask, 0.0, stats), glob=glob)
 
 
 def _data_row(inputs, targets, predictions):

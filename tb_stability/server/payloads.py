@@ -241,6 +241,8 @@ def timeline(run: RunData, anomalies: List[Dict], width: int,
     loss = run.col("loss")[lo:hi]
     nonfinite = (~np.isfinite(loss)) | (np.nan_to_num(run.col("nonfinite")[lo:hi]) > 0)
     flags = np.nan_to_num(run.col("flags")[lo:hi]).astype(np.int64)
+    guarded = report_lib.guard_skipped_steps(run)
+    guarded = np.zeros(hi - lo, bool) if guarded is None else guarded[lo:hi]
     skipped = report_lib.skipped_steps(run)
     skipped_steps = run.steps[skipped] if skipped is not None else run.steps[:0]
     skipped_steps = skipped_steps[(skipped_steps >= steps[0]) & (skipped_steps <= steps[-1])] \
@@ -263,6 +265,10 @@ def timeline(run: RunData, anomalies: List[Dict], width: int,
         "flags": np.bitwise_or.reduceat(flags, starts).tolist() if per_bucket else [],
         "skipped_steps": skipped_steps[:MAX_SKIPPED_LISTED].tolist(),
         "skipped_total": int(len(skipped_steps)),
+        # Updates the update guard skipped: per bucket, and in the range.
+        "guard_skipped": np.add.reduceat(guarded.astype(np.int64), starts).tolist()
+        if per_bucket else [],
+        "guard_skipped_total": int(np.count_nonzero(guarded)),
         "anomalies": [_anomaly_summary(a) for a in anomalies],
         "optimizer": encode_json(run.optimizer),
     }

@@ -413,6 +413,7 @@ class App {
       opt.name ? `${opt.name}${opt.adam && opt.epsilon !== undefined ? ` \u03b5=${formatNumber(opt.epsilon, 2)}` : ''}` : null,
       `${t.anomalies.length} anomal${t.anomalies.length === 1 ? 'y' : 'ies'}`,
       raw.skipped_total ? `${formatStep(raw.skipped_total)} skipped (loss scale)` : null,
+      raw.guard_skipped_total ? `${formatStep(raw.guard_skipped_total)} update${raw.guard_skipped_total === 1 ? '' : 's'} skipped (guard)` : null,
       t.nonfinite.some(Boolean) ? 'non-finite values' : null,
       this.storyZoom && this.xRange ? `opened on steps ${formatStep(this.storyZoom[0])}\u2013${formatStep(this.storyZoom[1])}, where its anomalies are (reset zoom: the whole run)` : null,
     ].filter(Boolean);

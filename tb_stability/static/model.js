@@ -304,7 +304,8 @@ export function causeCounts(anomalies, reg = registry) {
 /** The timeline response, decoded into chart columns:
  * {x (bucket centres), stepMin, stepMax, series: {name: {min, max}} with
  *  values decoded (NaN/Inf kept), nonfinite (per-bucket bool: any
- *  non-finite loss or a nonfinite count), anomalies (sorted)}. */
+ *  non-finite loss or a nonfinite count), guardSkipped (per-bucket bool:
+ *  an update the update guard skipped), anomalies (sorted)}. */
 export function decodeTimeline(t) {
   const stepMin = Array.isArray(t.step_min) ? t.step_min : [];
   const stepMax = Array.isArray(t.step_max) ? t.step_max : stepMin;
@@ -323,7 +324,10 @@ export function decodeTimeline(t) {
     nonfinite[i] = (counts[i] > 0) || (lo !== null && lo !== undefined && !Number.isFinite(lo)) ||
       (hi !== null && hi !== undefined && !Number.isFinite(hi));
   }
-  return {x, stepMin, stepMax, series, nonfinite, anomalies: sortAnomalies(t.anomalies)};
+  const guardCounts = Array.isArray(t.guard_skipped) ? t.guard_skipped : [];
+  const guardSkipped = new Array(n);
+  for (let i = 0; i < n; i++) guardSkipped[i] = guardCounts[i] > 0;
+  return {x, stepMin, stepMax, series, nonfinite, guardSkipped, anomalies: sortAnomalies(t.anomalies)};
 }
 
 /** The chart width to ask the backend for: two buckets per CSS pixel. */
@@ -419,6 +423,7 @@ export function mergeTimelines(full, zoom, range = null) {
   return {
     x: pick(full.x, zoom.x), stepMin: pick(full.stepMin, zoom.stepMin), stepMax: pick(full.stepMax, zoom.stepMax),
     series, nonfinite: pick(full.nonfinite, zoom.nonfinite).map(Boolean),
+    guardSkipped: pick(full.guardSkipped, zoom.guardSkipped).map(Boolean),
     anomalies: full.anomalies, zoomRange: range || [lo, hi],
   };
 }

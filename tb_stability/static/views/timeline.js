@@ -288,6 +288,7 @@ export class TimelineView {
     if (d.series.rms_ratio_max) parts.push(`RMS(g\u00b2/v\u0302) ${formatNumber(d.series.rms_ratio_max.max[i])}`);
     if (d.series.learning_rate) parts.push(`lr ${formatNumber(d.series.learning_rate.max[i])}`);
     if (d.nonfinite[i]) parts.push('non-finite');
+    if (d.guardSkipped && d.guardSkipped[i]) parts.push('update skipped (guard)');
     this.readout.textContent = parts.join('  \u00b7  ');
   }
 
@@ -353,6 +354,14 @@ export class TimelineView {
         if (x1 < left || x0 > left + width) continue;
         if (firstNonfinite === null) firstNonfinite = Math.max(left, x0);
         ctx.fillRect(x0, top, Math.max(2 * dpr, x1 - x0), 4 * dpr);
+      }
+      // updates the update guard skipped: a tick under the red strip
+      ctx.fillStyle = this.colors.accent;
+      for (let i = 0; i < d.x.length; i++) {
+        if (!(d.guardSkipped && d.guardSkipped[i])) continue;
+        const x0 = px(d.stepMin[i]), x1 = px(d.stepMax[i] + 1);
+        if (x1 < left || x0 > left + width) continue;
+        ctx.fillRect(x0, top + 4 * dpr, Math.max(2 * dpr, x1 - x0), 3 * dpr);
       }
       ctx.font = `${10 * dpr}px system-ui, sans-serif`;
       ctx.textBaseline = 'top';

@@ -12,7 +12,11 @@ Reference models on the CPU (or whatever device TensorFlow picks):
 Conditions:
 
 * `plain`: no callback;
-* `tb_stability`: `StabilityCallback(logdir)` at its defaults;
+* `tb_stability`: `StabilityCallback(logdir)` at its defaults (the live
+  analysis and its alerts on);
+* `tb_stability_quiet`: `StabilityCallback(logdir, on_anomaly=None)`: the
+  recording alone, no live analysis (what the alerts cost is the
+  difference);
 * `tb_stability_full`: `StabilityCallback(logdir, full_detail=True)`:
   every statistic of every step, exactly, written;
 * `keras_tb_hist`: Keras's `TensorBoard(histogram_freq=1)` (weight
@@ -76,8 +80,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-CONDITIONS = ("plain", "tb_stability", "tb_stability_full", "keras_tb_hist",
-              "keras_tb_batch", "debugger_v2")
+CONDITIONS = ("plain", "tb_stability", "tb_stability_quiet", "tb_stability_full",
+              "keras_tb_hist", "keras_tb_batch", "debugger_v2")
 # (steps per timed epoch, batch size) per model.
 DEFAULTS = {"mlp": (300, 64), "cnn": (100, 32), "transformer": (100, 32),
             "dense100": (300, 32), "small": (300, 64)}
@@ -156,6 +160,8 @@ def callbacks(condition, logdir):
 
     if condition == "tb_stability":
         return [tb_stability.keras.StabilityCallback(logdir)]
+    if condition == "tb_stability_quiet":
+        return [tb_stability.keras.StabilityCallback(logdir, on_anomaly=None)]
     if condition == "tb_stability_full":
         return [tb_stability.keras.StabilityCallback(logdir, full_detail=True)]
     if condition == "tb_stability_guard":

@@ -12,10 +12,12 @@ from tb_stability.version import VERSION as __version__
 _LAZY_ATTRS = {
     "Monitor": ("tb_stability.monitor", "Monitor"),
     "StabilityCallback": ("tb_stability.keras", "StabilityCallback"),
+    "TrainingInstability": ("tb_stability.record.live", "TrainingInstability"),
 }
 _LAZY_MODULES = ("keras", "summary", "monitor")
 
-__all__ = ["Monitor", "StabilityCallback", "keras", "summary", "__version__"]
+__all__ = ["Monitor", "StabilityCallback", "TrainingInstability", "keras", "summary",
+           "__version__"]
 
 
 def __getattr__(name):

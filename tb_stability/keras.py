@@ -13,7 +13,7 @@ import threading
 import keras
 
 from tb_stability.config import RecorderConfig
-from tb_stability.record import keras_hooks
+from tb_stability.record import keras_hooks, live
 
 logger = logging.getLogger("tb_stability")
 
@@ -35,8 +35,25 @@ class StabilityCallback(keras.callbacks.Callback):
     `LossScaleOptimizer` and `MirroredStrategy`.
     Errors inside it are logged once; training always goes on.
 
+    While it trains, the report's analysis runs on the rows recorded so far
+    (on the host, within a small share of the step time) and each new
+    anomaly is acted on once, as `on_anomaly` says: by default one warning
+    line through the `tb_stability` logger (kind, step, cause and
+    confidence, layer, fix), the first of each kind and cause only. A
+    non-finite step is reported within `live.POLL_EVERY` steps; anything
+    else within a window or so.
+
     Args:
       logdir: the run's log directory (its event file goes there).
+      on_anomaly: "warn" (default); "stop": the warning, then `fit` ends
+        after the step that saw it (`model.stop_training`), everything
+        written; "raise": everything written, then
+        `tb_stability.TrainingInstability` (its `anomaly` is the report's
+        anomaly dict) is raised out of `fit`; a callable: called with that
+        dict (what it raises propagates); None: no live analysis at all.
+      anomaly_kinds: the kinds acted on (default: every kind: "spike",
+        "divergence", "nonfinite", "plateau", "instability"), e.g.
+        `("nonfinite", "divergence")` to stop only on those.
       config: a `tb_stability.config.RecorderConfig` (default: its
         defaults: a 256-step window, detail around flagged steps, the
         per-variable statistics other than gradient norms every 8 steps).
@@ -52,13 +69,21 @@ class StabilityCallback(keras.callbacks.Callback):
     # once per window, under a lock, reading rows the step no longer writes.
     async_safe = True
 
-    def __init__(self, logdir, config=None, **options):
+    def __init__(self, logdir, config=None, *, on_anomaly="warn",
+                 anomaly_kinds=None, **options):
         super().__init__()
         self.logdir = str(logdir)
         self.config = (config or RecorderConfig()).replace(**options)
+        self.alerts = live.Alerts(on_anomaly, anomaly_kinds, logdir=self.logdir)
         self._inst = None
         self._steps_since_flush = 0
+        self._steps_since_poll = 0
         self._count_lock = threading.Lock()
+
+    @property
+    def anomalies(self):
+        """The anomalies found while training so far, as the report's dicts."""
+        return list(self.alerts.found)
 
     @property
     def recorder(self):
@@ -87,7 +112,9 @@ class StabilityCallback(keras.callbacks.Callback):
         inst.attach(model, self.logdir, self.config, spe)
         self._inst = inst
         self._steps_since_flush = 0
+        self._steps_since_poll = 0
         self._spe = spe
+        self.alerts.stop_requested = False
 
     def on_train_batch_end(self, batch, logs=None):
         """Counts steps; flushes the recorder once a window is full."""
@@ -95,19 +122,33 @@ class StabilityCallback(keras.callbacks.Callback):
         if inst is None or inst.recorder is None:
             return
         rec = inst.recorder
+        if rec.alerts is not self.alerts and self.alerts.action is not None:
+            rec.watch(self.alerts)  # before the recorder's first flush
         with self._count_lock:
             self._steps_since_flush += self._spe
+            self._steps_since_poll += self._spe
             due = self._steps_since_flush >= rec.config.window
+            poll = self._steps_since_poll >= live.POLL_EVERY
             if due:
                 self._steps_since_flush = 0
+            if poll:
+                self._steps_since_poll = 0
         if due:
             rec.flush()
+        elif poll:
+            rec.poll()
+        self._stop_if_asked()
+
+    def _stop_if_asked(self):
+        if self.alerts.stop_requested and self.model is not None:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         """Writes a full or stale window."""
         inst = self._inst
         if inst is not None and inst.recorder is not None:
             inst.recorder.flush()  # writes only a full or stale window
+            self._stop_if_asked()
 
     def on_train_end(self, logs=None):
         """Writes everything recorded (the event file stays open)."""

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tb_stability.config import RecorderConfig
 from tb_stability.record import guard as guard_lib
+from tb_stability.record import live
 from tb_stability.record import model_info as model_description
 from tb_stability.record.global_stats import feature_tensor, feature_width
 from tb_stability.record.recorder import Recorder
@@ -52,6 +53,15 @@ class Monitor:
         Without it, only the variables' dtype is recorded there.
       config: a `tb_stability.config.RecorderConfig` (default: its
         defaults).
+      on_anomaly: what to do with each new anomaly the live analysis finds
+        while training runs, as for `keras.StabilityCallback`: "warn"
+        (default: one line through the `tb_stability` logger, the first of
+        each kind and cause only), "stop" (the warning, everything written,
+        then `should_stop` is True: the loop checks it), "raise"
+        (everything written, then `record` or `flush` raises
+        `tb_stability.TrainingInstability`), a callable (called with the
+        report's anomaly dict) or None (no live analysis).
+      anomaly_kinds: the kinds acted on (default: all).
       **options: `RecorderConfig` fields overriding `config`'s, as for
         `keras.StabilityCallback`.
 
@@ -60,8 +70,11 @@ class Monitor:
     """
 
     def __init__(self, logdir, optimizer, variables, *, input_features=None,
-                 model=None, config=None, **options):
+                 model=None, config=None, on_anomaly="warn", anomaly_kinds=None,
+                 **options):
         self.logdir = str(logdir)
+        self.alerts = live.Alerts(on_anomaly, anomaly_kinds, logdir=self.logdir)
+        self._since_poll = 0
         self.optimizer = optimizer
         self.variables = list(variables)
         self.config = (config or RecorderConfig()).replace(**options)
@@ -89,6 +102,16 @@ class Monitor:
         """The `Recorder` in use (None before the first `record`)."""
         return self._recorder
 
+    @property
+    def anomalies(self):
+        """The anomalies found while training so far, as the report's dicts."""
+        return list(self.alerts.found)
+
+    @property
+    def should_stop(self):
+        """True once `on_anomaly="stop"` saw an anomaly: end the loop."""
+        return self.alerts.stop_requested
+
     def _make_recorder(self, inputs):
         features = self._input_features
         if features is None and inputs is not None:
@@ -97,6 +120,8 @@ class Monitor:
             self.logdir, self.optimizer, self.variables, self.config,
             input_features=features, model_info=self._model_info,
             guard=None if self._guard is None else self._guard.guard)
+        if self.alerts.action is not None:
+            self._recorder.watch(self.alerts)
 
     @tf.autograph.experimental.do_not_convert  # see Recorder.push
     def record(self, step, loss, gradients, *, batch_size=None, inputs=None,
@@ -136,7 +161,12 @@ class Monitor:
         try:
             self._record(step, loss, gradients, batch_size, inputs, targets,
                          predictions)
+        except live.TrainingInstability:
+            raise  # on_anomaly="raise"
         except Exception as e:  # pylint: disable=broad-except
+            if e is self.alerts.user_error:
+                self.alerts.user_error = None
+                raise  # the on_anomaly callable's
             self._disabled = True
             logger.warning(
                 "tb_stability: Monitor.record failed and is switched off "
@@ -182,7 +212,7 @@ class Monitor:
                              inputs=inputs, targets=targets,
                              predictions=predictions, step=step,
                              grad_sq=grad_sq, guard_skip=guard_skip)
-        self._write_when_due(rec, count, replicas)
+        self._write_when_due(rec, count, replicas, loss)
 
     def _compiled_push(self):
         """`Recorder.push` as a `tf.function`, made on first use.
@@ -206,7 +236,7 @@ class Monitor:
                                         autograph=False)
         return self._push_fn
 
-    def _write_when_due(self, rec, count, replicas):
+    def _write_when_due(self, rec, count, replicas, loss):
         """Flushes once per window where a write can be triggered from here.
 
         Eagerly, from Python; inside a `tf.function`, from the graph; not
@@ -216,22 +246,34 @@ class Monitor:
         window = rec.config.window
         if tf.executing_eagerly():
             self._pending += 1
+            self._since_poll += 1
             if self._pending >= window:
-                self._pending = 0
+                self._pending = self._since_poll = 0
                 rec.flush()
+            elif self._since_poll >= live.POLL_EVERY:
+                self._since_poll = 0
+                rec.poll()
         elif replicas <= 1 and not in_xla_context():
 
             def _write():
                 return tf.py_function(self._host_flush, [], Tout=tf.int64)
 
+            # Once per window, and on a step whose loss is not finite (the
+            # live analysis reports it now, not at the window's end).
             tf.cond(
-                tf.equal(count % window, 0),
+                tf.logical_or(tf.equal(count % window, 0),
+                              tf.logical_not(tf.math.is_finite(
+                                  tf.reduce_sum(tf.cast(loss, tf.float32))))),
                 _write,
                 lambda: tf.constant(0, tf.int64),
             )
 
     def _host_flush(self):
-        self._recorder.flush()
+        rec = self._recorder
+        if rec.due():
+            rec.flush()
+        else:
+            rec.poll(force=True)
         return tf.constant(0, tf.int64)
 
     def flush(self, final=False):
@@ -249,9 +291,13 @@ class Monitor:
             return
         try:
             if not final and not rec.due():
+                rec.poll()  # a new non-finite stretch flushes now
                 return
-        except Exception:  # pylint: disable=broad-except
-            pass  # flush() itself logs what is wrong
+        except (live.TrainingInstability, Exception) as e:  # pylint: disable=broad-except
+            if isinstance(e, live.TrainingInstability) or e is self.alerts.user_error:
+                self.alerts.user_error = None
+                raise
+            # flush() itself logs what is wrong
         rec.flush(final=final)
 
     def close(self):

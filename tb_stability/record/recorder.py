@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tb_stability import metadata
 from tb_stability.config import RecorderConfig
-from tb_stability.record import keras_internals, recheck
+from tb_stability.record import keras_internals, live, recheck
 from tb_stability.record.detector import Detector
 from tb_stability.record.global_stats import (
     DATA_SUMMED,
@@ -151,6 +151,15 @@ class Recorder:
         self._info_written = False
         self._resume_checked = False
         self._broken = False
+        # The live analysis (`watch`): what was written, kept in memory.
+        self.alerts = None
+        self._live = None
+        self._polled = 0  # the row count at the last poll
+        self._poll_watch = live.NonfiniteWatch()
+        self._flush_watch = live.NonfiniteWatch()
+        self._recheck_rows = set()  # onset rows the recheck found so far
+        self._urgent = None  # why to analyse soon: live.NONFINITE or live.ONSET
+        self._live_off = False  # the live analysis failed: not again
         # flush() may be called from Keras's callback threads.
         self._flush_lock = threading.Lock()
         if self.adapter.is_adam is False:
@@ -320,7 +329,6 @@ class Recorder:
         `data` is the {column: value} of `DATA_COLUMNS`; `guard_skip` the
         guard's decision (NaN without).
         """
-
         nan = tf.constant(float("nan"))
         scale = self.adapter.loss_scale() if loss_scale is None else loss_scale
         values = {
@@ -396,6 +404,45 @@ class Recorder:
             info.update(extra)
         return info
 
+    def watch(self, alerts):
+        """Runs the live analysis for `alerts` (a `live.Alerts`) from now on.
+
+        Only where this process writes (the chief): the analysis reads what
+        is written, kept in memory (`live.LiveRun`). Call it before the
+        first flush.
+        """
+        if self.logdir is None or self._live_off or self.alerts is alerts:
+            return
+        self.alerts = alerts
+        if self._live is None:
+            self._live = live.LiveRun(str(self.logdir))
+            self._out.tap = self._live.add
+            if self._info_written:
+                self._live.add(metadata.TAG_RUN_INFO, 0, self.run_info())
+
+    def poll(self, force=False):
+        """Flushes now when a new stretch of non-finite steps began (host call).
+
+        One read of the row counter and, every `live.POLL_EVERY` rows (or
+        now, `force`), of the global rows ring (not the per-variable
+        rings): a non-finite step is analysed and reported within that many
+        steps instead of at the end of its window. Does nothing without
+        `watch`.
+        """
+        if self.alerts is None or self._broken:
+            return
+        count = int(self.rings.count.numpy())
+        if count - self._polled < (1 if force else live.POLL_EVERY):
+            return
+        start = max(self._polled, self._seen, count - self.capacity)
+        self._polled = count
+        if start >= count:
+            return
+        index = np.arange(start, count) % self.capacity
+        rows = self.rings.global_rows.numpy()[index]
+        if self._poll_watch.new_stretch(start, rows):
+            self.flush(urgent=live.NONFINITE)
+
     def due(self):
         """Whether a (non-final) `flush` has a window to write now (host call).
 
@@ -410,30 +457,59 @@ class Recorder:
             pending > 0
             and time.monotonic() - self._last_write > self.config.flush_secs)
 
-    def flush(self, final=False, extra_info=None):
+    def flush(self, final=False, extra_info=None, urgent=None):
         """Writes what the rings hold (host call, outside compiled code).
 
-        Never raises: an error is logged once and recording stops.
+        Never raises, except what the live analysis's action raises
+        (`on_anomaly="raise"`: `live.TrainingInstability`, after everything
+        recorded was written; a user's callable): an error of the recording
+        is logged once and recording stops.
 
         Args:
           final: write the open window even if it is short (end of training).
           extra_info: dict merged into `run_info` when it is first written.
+          urgent: `live.NONFINITE` to run the live analysis now (a new
+            non-finite stretch).
         """
         with self._flush_lock:
             if self._broken:
                 return
+            self._urgent = live.sooner(self._urgent, urgent)
             try:
                 self._flush(final, extra_info)
+                error = self._take_alert_error()
+            except live.TrainingInstability:
+                raise
             except Exception as e:  # pylint: disable=broad-except
+                if self.alerts is not None and self.alerts.user_error is e:
+                    self.alerts.user_error = None
+                    raise
                 self._broken = True
                 logger.warning(
                     "tb_stability: writing failed, recording stops (training "
                     "goes on): %s: %s", type(e).__name__, e, exc_info=True
                 )
+                return
+        if error is not None:
+            raise error
+
+    def _take_alert_error(self):
+        """The `TrainingInstability` to raise, everything written first; or None."""
+        alerts = self.alerts
+        if alerts is None or alerts.error is None:
+            return None
+        error, alerts.error = alerts.error, None
+        if self._window.n > 0:
+            self._out.write_window(self._window)
+            self._window.reset()
+            self._last_write = time.monotonic()
+        self._out.flush()
+        return error
 
     def _flush(self, final, extra_info):
         """`flush`'s body: process new rows, write the window when due."""
         count = int(self.rings.count.numpy())
+        rows = None
         if count > self._seen:
             start = max(self._seen, count - self.capacity)
             if start > self._seen:
@@ -444,11 +520,12 @@ class Recorder:
                     "jit_compile needs monitor.flush() after each call).",
                     start - self._seen,
                 )
-            self._process(start, count, extra_info, final)
+            rows = self._process(start, count, extra_info, final)
             self._seen = count
         elif final and count > 0 and self._recheck is not None:
             # The rows held back for the analysis: their detail, if any.
-            self._write_detail(self.rings.read(count, count), count, final)
+            rows = self.rings.read(count, count)
+            self._write_detail(rows, count, final)
         window = self._window
         due = final or window.n >= self.config.window or (
             window.n > 0
@@ -460,6 +537,41 @@ class Recorder:
             self._last_write = time.monotonic()
         if final:
             self._out.flush()
+        if self.alerts is not None:
+            self._analyse_live(rows, count, final)
+
+    def _analyse_live(self, rows, count, final):
+        """The live analysis, when due, on what is written and what is held.
+
+        Due at once on a new non-finite stretch, soon on a new onset of the
+        recheck, else as the time budget allows (`live.Alerts.due`). An
+        error of the analysis switches it off (logged once); what an
+        action raises is left to `flush`.
+        """
+        alerts = self.alerts
+        if count == 0 or not alerts.due(self._urgent, final):
+            return  # a reason to analyse soon stays for the next flush
+        self._urgent = None
+        try:
+            started = time.perf_counter()
+            if rows is None:
+                rows = self.rings.read(count, count)
+            held = [r for r in self._detail.wanted(count, self.capacity)
+                    if r > self._detail.written]
+            run = self._live.run_data(live.pending_tags(self._window, rows, held))
+            alerts.analyse(run, final, started)
+            if final:
+                alerts.close()
+        except Exception as e:  # pylint: disable=broad-except
+            if e is alerts.user_error:
+                raise  # the on_anomaly callable's: `flush` lets it through
+            self.alerts = None
+            self._out.tap = None
+            self._live = None
+            self._live_off = True
+            logger.warning(
+                "tb_stability: the live analysis failed and is switched off "
+                "(recording goes on): %s: %s", type(e).__name__, e, exc_info=True)
 
     def _process(self, start, count, extra_info, final=False):
         """Reads rows [start, count): window rows, flags, detail written."""
@@ -482,12 +594,21 @@ class Recorder:
             None if rows.inputs_all is None else rows.inputs_all[rows.index])
         if self._recheck is not None:
             self._recheck.add(start, rows.steps, rows.global_rows)
+        if self.alerts is not None and self._flush_watch.new_stretch(
+                start, rows.global_rows):
+            self._urgent = live.NONFINITE
         self._write_detail(rows, count, final)
+        return rows
 
     def _write_detail(self, rows, count, final):
         """Writes the detail rows due, up to row `count`."""
         if self._recheck is not None and self._recheck.due(final):
-            self._detail.note_rows(self._rechecked(final), count, self.capacity)
+            found = self._rechecked(final)
+            if self.alerts is not None and not set(found) <= self._recheck_rows:
+                # An onset or peak not found before.
+                self._urgent = live.sooner(self._urgent, live.ONSET)
+                self._recheck_rows.update(found)
+            self._detail.note_rows(found, count, self.capacity)
         # Detail rows: ascending, each written once, only while in the ring;
         # the last ones wait for the next analysis.
         hold = 0 if final or self._recheck is None else self._recheck.hold
@@ -516,8 +637,10 @@ class Recorder:
 
     def close(self):
         """Writes everything left and closes the event file."""
-        self.flush(final=True)
-        self._out.close()
+        try:
+            self.flush(final=True)
+        finally:
+            self._out.close()
 
 
 def _no_update_when_skipped(computed, guard_skip):

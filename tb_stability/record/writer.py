@@ -215,6 +215,13 @@ class RunWriter:
     def __init__(self, logdir):
         self.logdir = logdir
         self._writer = None
+        # Called with (tag, step, value) of everything written (the live
+        # analysis keeps it: `live.LiveRun.add`), or None.
+        self.tap = None
+
+    def _tapped(self, tag, step, value):
+        if self.tap is not None:
+            self.tap(tag, step, value)
 
     def get(self):
         """The summary writer (created now if needed), or None without logdir."""
@@ -228,6 +235,7 @@ class RunWriter:
         """Writes the run description `info` (a dict) at `step`."""
         with self.get().as_default():
             summary.run_info(None, info, step=step)
+        self._tapped(metadata.TAG_RUN_INFO, step, info)
 
     def write_detail(self, rows, wanted, selector):
         """Writes the detail of rows `wanted`, marking each written in turn.
@@ -243,11 +251,15 @@ class RunWriter:
                 i = r % capacity
                 step = int(rows.steps_all[i])
                 summary.layers_detail(None, rows.layers_all[i], step=step)
+                self._tapped(metadata.TAG_LAYERS_DETAIL, step, rows.layers_all[i])
                 if rows.input_rows_all is not None:
                     summary.input_grad_rows(None, rows.input_rows_all[i],
                                             step=step)
+                    self._tapped(metadata.TAG_INPUT_GRAD_ROWS, step,
+                                 rows.input_rows_all[i])
                 if rows.inputs_all is not None:
                     summary.inputs_detail(None, rows.inputs_all[i], step=step)
+                    self._tapped(metadata.TAG_INPUTS_DETAIL, step, rows.inputs_all[i])
                 selector.written = r
 
     def write_window(self, window):
@@ -264,6 +276,10 @@ class RunWriter:
             summary.layers_window(None, layers, step=last_step)
             if inputs is not None:
                 summary.inputs_window(None, inputs, step=last_step)
+        self._tapped(metadata.TAG_GLOBAL, last_step, table)
+        self._tapped(metadata.TAG_LAYERS_WINDOW, last_step, layers)
+        if inputs is not None:
+            self._tapped(metadata.TAG_INPUTS_WINDOW, last_step, inputs)
 
     def flush(self):
         """Flushes the event file, if one was opened."""

@@ -289,3 +289,20 @@ def test_a_failing_live_analysis_leaves_the_recording(tmp_path, monkeypatch, cap
     assert sum("live analysis failed" in r.getMessage() for r in caplog.records) == 1
     run = reader.load_logdir(str(tmp_path))["run"]
     np.testing.assert_array_equal(run.steps, np.arange(STEPS))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_guarded_nan_batch_is_still_named_and_the_run_goes_on(seed, tmp_path, alert_lines):
+    bad = _nan_step(seed)
+    x, y = _regression(seed, nan_step=bad)
+    model = _model(seed)
+    cb = StabilityCallback(str(tmp_path / "run"), skip_nonfinite=True)
+    _fit(model, x, y, [cb, alert_lines])
+    (at, text), = alert_lines.lines
+    assert f"step {bad}: non-finite loss, 1 step (1 update skipped by the guard)" in text
+    assert "nonfinite_input" in text and bad <= at <= bad + 16
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    run = reader.load_logdir(str(tmp_path))["run"]
+    loss = run.col("loss")
+    assert np.all(np.isfinite(loss[bad + 1:]))
+    assert np.median(loss[-32:]) < np.median(loss[max(bad - 32, 0):bad])

@@ -306,6 +306,9 @@ def alert_line(a, logdir=None):
     """One line for anomaly dict `a`: step, what, top cause, layer, lead, fix."""
     top = a["causes"][0] if a["causes"] else None
     what = _what(a)
+    skipped = a.get("guard_skipped") or 0
+    if skipped:
+        what += f" ({skipped} update{'s' if skipped != 1 else ''} skipped by the guard)"
     if top is None:
         return f"tb_stability: step {a['step']}: {what}"
     cause = top["cause"]

@@ -68,10 +68,11 @@ CAUSES: Tuple[CauseDef, ...] = (
     CauseDef(
         ADAM_EPSILON,
         title="Adam's second moment decayed: its step outgrew the surface",
-        fix="Raise Adam's epsilon (1e-4 to 1e-2, keeping lr*h/eps < 2), "
+        fix="Raise Adam's epsilon (1e-4 to 1e-2, so that the learning rate "
+        "times the sharpest curvature, over epsilon, stays under 2), "
         "lower or decay the learning rate, lower beta_2, or clip per-tensor "
         "updates (StableAdamW).",
-        color="#f28e2b", shape="diamond", label="Adam v\u0302 decay (\u03b5)"),
+        color="#f28e2b", shape="diamond", label="Adam 2nd-moment decay"),
     CauseDef(
         SUMMED_LOSS,
         title="The loss is summed over the batch, not averaged",

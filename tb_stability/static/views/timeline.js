@@ -27,9 +27,9 @@ const STEP_INCRS = [];
 for (let e = 0; e <= 9; e++) for (const m of [1, 2, 5]) STEP_INCRS.push(m * 10 ** e);
 
 export const SIGNALS = [
-  {key: 'grad_norm', label: 'global grad norm \u2016g\u2016', band: true},
+  {key: 'grad_norm', label: 'gradient norm, all variables', band: true},
   // sparse: measured every few steps (the recorder's stats_every), NaN between: drawn joined.
-  {key: 'rms_ratio_max', label: 'max RMS(g\u00b2/v\u0302)', ref: 1, adamOnly: true, sparse: true},
+  {key: 'rms_ratio_max', label: 'gradient against Adam\'s average of its square (max RMS)', ref: 1, adamOnly: true, sparse: true},
   {key: 'learning_rate', label: 'learning rate'},
 ];
 

@@ -57,6 +57,11 @@ the decision and the cond around the update), interleaved with plain as
 above; the guard's own cost is the `guard_vs_recording` row, the median
 over rounds of guarded epoch time over unguarded in the same round.
 
+Live alerts (`--sections alerts`): `tb_stability` (the live analysis on,
+its default) against `tb_stability_quiet` (`on_anomaly=None`), interleaved
+as above, and the share of the instrumented epochs' time spent in the live
+analysis (its own clock; the warm-up epoch's analyses included).
+
 Memory (`--sections memory`): the rings' device memory and the recorder's
 host memory for 10, 100 and 1,000 variables, read at two step counts (no
 growth with the steps).
@@ -87,6 +92,12 @@ DEFAULTS = {"mlp": (300, 64), "cnn": (100, 32), "transformer": (100, 32),
             "dense100": (300, 32), "small": (300, 64)}
 # The update guard's section (`--sections guard`), interleaved.
 GUARD_CONDITIONS = ("plain", "tb_stability", "tb_stability_guard")
+# The live alerts' section (`--sections alerts`): the recording with and
+# without the live analysis, interleaved.
+ALERT_CONDITIONS = ("plain", "tb_stability_quiet", "tb_stability")
+# {condition: (seconds in the live analysis, analyses)} of the last trainers
+# closed (read by the alerts section).
+ALERT_STATS = {}
 # The custom-loop conditions (`--custom-loop`), each against its plain loop:
 # (name, plain baseline, record where, jit_compile).
 LOOP_CONDITIONS = (
@@ -212,6 +223,9 @@ class Trainer:
         return timed_epoch(self.model, self.x, self.y, self.batch, self.cbs)
 
     def close(self):
+        alerts = getattr(self.cbs[0], "alerts", None) if self.cbs else None
+        if alerts is not None:
+            ALERT_STATS[self.condition] = (alerts.seconds, alerts.analyses)
         shutil.rmtree(self.logdir, ignore_errors=True)
 
 
@@ -632,12 +646,14 @@ def print_memory(results, rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=["fit"],
-                        choices=["fit", "loop", "fixed", "memory", "guard"],
+                        choices=["fit", "loop", "fixed", "memory", "guard",
+                                 "alerts"],
                         help="fit: model.fit with the callbacks; loop: the "
                         "custom loop (Monitor.record eager, in-graph, XLA); "
                         "fixed: a short run's fixed cost, fresh processes; "
                         "memory: rings and host memory; guard: the update "
-                        "guard on against off")
+                        "guard on against off; alerts: the live analysis on "
+                        "against off")
     parser.add_argument("--models", nargs="+",
                         default=["mlp", "cnn", "transformer"],
                         choices=sorted(DEFAULTS))
@@ -714,6 +730,28 @@ def main():
             print_row(results, name, params, variables, "guard_vs_recording",
                       block["tb_stability_guard"], block["tb_stability"],
                       steps, batch)
+    if "alerts" in args.sections:
+        print("\n# live alerts (alerts_vs_recording: tb_stability against "
+              "tb_stability_quiet, on_anomaly=None, paired by round; share: "
+              "time in the live analysis over the instrumented epochs' time)")
+        print(header + f" {'share':>7} {'analyses':>8}")
+        for name in args.models:
+            steps, batch = DEFAULTS[name]
+            steps = args.steps or steps
+            block = interleaved(name, ALERT_CONDITIONS, steps, batch,
+                                args.warmup, args.reps)
+            probe, _, _ = compiled(name)
+            params, variables = probe.count_params(), len(probe.trainable_variables)
+            for c in ALERT_CONDITIONS:
+                print_row(results, name, params, variables, c, block[c],
+                          block["plain"], steps, batch)
+            seconds, analyses = ALERT_STATS.get("tb_stability", (0.0, 0))
+            share = seconds / max(sum(w for w, _ in block["tb_stability"]), 1e-9)
+            print_row(results, name, params, variables, "alerts_vs_recording",
+                      block["tb_stability"], block["tb_stability_quiet"],
+                      steps, batch)
+            print(f"{'':>{len(header)}} {share:>7.4f} {analyses:>8}", flush=True)
+            results[-1].update({"analysis_share": share, "analyses": analyses})
     if "loop" in args.sections:
         print("\n# custom loop (each ratio against its plain loop: "
               "loop_plain, or loop_plain_xla under XLA)")

@@ -255,7 +255,7 @@ def test_one_line_per_kind_and_cause_then_a_closing_count(caplog, monkeypatch):
     assert lines[0].startswith("tb_stability: step 100: spike x1e+02")
     assert "adam_epsilon (0.80)" in lines[0] and "layer dense, led by 3 steps" in lines[0]
     assert lines[1].startswith("tb_stability: step 500: non-finite loss, 4 steps so far")
-    assert "3 anomalies in all (1 more spike (adam_epsilon)" in lines[2]
+    assert "3 anomalies in all (1 more spike or divergence (adam_epsilon)" in lines[2]
     assert "tb-stability report logs/x" in lines[2]
     assert len(alerts.found) == 3
 

@@ -257,7 +257,9 @@ class Alerts:
                 raise
             return
         line = alert_line(a, self.logdir)
-        key = (a["kind"], a["causes"][0]["cause"] if a["causes"] else None)
+        # A rise first said as a divergence, then as spikes: one story.
+        key = (_SAME.get(a["kind"], a["kind"]),
+               a["causes"][0]["cause"] if a["causes"] else None)
         if action == "raise":
             if self.error is None:
                 self.error = TrainingInstability(line, a)
@@ -282,6 +284,7 @@ class Alerts:
         parts = []
         for (kind, cause), more in self._said.items():
             if more:
+                kind = "spike or divergence" if kind == "excursion" else kind
                 parts.append(f"{more} more {kind} ({cause})")
         where = f" {self.logdir}" if self.logdir else " LOGDIR"
         logger.warning("tb_stability: %d anomalies in all (%s not said above); "

@@ -15,7 +15,13 @@ same arguments, the fastest of `--reps` rounds:
 * `full_step`: `Recorder.push` on a step that computes every statistic;
 * `default_mix`: the light and full costs weighted by the share of full
   steps a default recorder computed over a 2,000-step stretch of this
-  gradient sequence (every 8th, plus the first 50 and any precursor).
+  gradient sequence (every 8th, plus the first 50 and any precursor);
+* `guard`: the update guard's own cost (`skip_nonfinite=True,
+  skip_outlier_z=6.0`: its decision and the cond around Adam's `apply`,
+  given the sums of squares the recording computes anyway): a guarded
+  update minus `adam_update` and `grad_norms`, measured alike (a
+  difference of two large figures: noisy); `guard_decision`: the decision
+  alone, on given sums (small, measured precisely).
 
     python benchmarks/recording_cost.py --models mlp cnn transformer dense100
 """
@@ -44,6 +50,8 @@ def run(name, reps, calls):
     import tensorflow as tf
 
     from tb_stability import metadata
+    from tb_stability.config import RecorderConfig
+    from tb_stability.record import guard as _guard
     from tb_stability.record import recorder as _recorder
 
     model, _, _ = overhead.build(name)
@@ -82,6 +90,22 @@ def run(name, reps, calls):
     def full_step(g):
         return full.push(loss, g)
 
+    guard = _guard.Guard(RecorderConfig(skip_nonfinite=True,
+                                        skip_outlier_z=6.0))
+
+    @tf.function
+    def guarded_update(g):
+        decision, assign = guard.decide(tf.reduce_sum(vstats.grad_sums(g)))
+        with tf.control_dependencies([assign]):
+            skip = tf.equal(decision, float(metadata.GUARD_SKIPPED))
+        _guard.apply_unless(skip, opt.apply, g, variables)
+
+    sums = vstats.grad_sums(grads)
+
+    @tf.function
+    def guard_decision(g):
+        return guard.decide(tf.reduce_sum(sums))[0]
+
     @tf.function
     def default_step(g, scale):
         return default.push(loss, [x * scale for x in g])
@@ -96,11 +120,14 @@ def run(name, reps, calls):
 
     base = measure(empty, (grads,), reps, calls)
     parts = {}
-    for fn in (adam_update, grad_norms, light_step, full_step):
+    for fn in (adam_update, grad_norms, light_step, full_step, guarded_update,
+               guard_decision):
         fn(grads)
         parts[fn.__name__] = measure(fn, (grads,), reps, calls) - base
     parts["default_mix"] = (share * parts["full_step"]
                             + (1 - share) * parts["light_step"])
+    parts["guard"] = (parts.pop("guarded_update") - parts["adam_update"]
+                      - parts["grad_norms"])
     return model.count_params(), len(variables), share, parts
 
 

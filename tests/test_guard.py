@@ -107,6 +107,13 @@ def test_fit_unguarded_twin_goes_nan(tmp_path):
     assert not _all_finite(model)
     _, rows = _rows(str(tmp_path / "run"))
     assert np.all(np.isnan(rows[:, G["guard_skip"]]))
+    # The guarded twin records the same steps up to the NaN batch (the
+    # gradient norms it hands to the recorder are the ones it computes).
+    _fit(str(tmp_path / "guarded"), x, y, 0, skip_nonfinite=True)
+    _, guarded = _rows(str(tmp_path / "guarded"))
+    for name in ("loss", "grad_norm", "update_ratio", "weight_norm"):
+        np.testing.assert_allclose(guarded[:30, G[name]], rows[:30, G[name]],
+                                   rtol=1e-5, err_msg=name)
 
 
 def _monitor_run(logdir, x, y, seed, mode, steps=STEPS, **options):
@@ -282,3 +289,18 @@ def test_report_shows_the_skipped_nan_batch(tmp_path):
     timeline = payloads.timeline(run, anomalies, 64)
     assert timeline["guard_skipped_total"] == 1
     assert sum(timeline["guard_skipped"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_monitor_guard_on_a_clean_run_changes_nothing(mode, tmp_path):
+    x, y = _data(7, steps=20)
+    plain, guarded = str(tmp_path / "plain"), str(tmp_path / "guarded")
+    _monitor_run(plain, x, y, 7, mode, steps=20)
+    _monitor_run(guarded, x, y, 7, mode, steps=20, skip_nonfinite=True,
+                 skip_outlier_z=6.0)
+    _, a = _rows(plain)
+    _, b = _rows(guarded)
+    assert np.all(b[:, G["guard_skip"]] == metadata.GUARD_APPLIED)
+    for name in ("loss", "grad_norm", "update_ratio", "weight_norm"):
+        np.testing.assert_allclose(b[:, G[name]], a[:, G[name]], rtol=1e-5,
+                                   err_msg=name)

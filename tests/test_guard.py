@@ -288,6 +288,8 @@ def test_report_shows_the_skipped_nan_batch(tmp_path):
     run = reader.load_logdir(logdir)["guarded"]
     timeline = payloads.timeline(run, anomalies, 64)
     assert timeline["guard_skipped_total"] == 1
+    # ... and the cause card's payload carries the count.
+    assert payloads.anomaly_detail(run, bad[0])["anomaly"]["guard_skipped"] == 1
     assert sum(timeline["guard_skipped"]) == 1
 
 

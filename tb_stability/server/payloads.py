@@ -495,7 +495,8 @@ def anomaly_detail(run: RunData, anomaly: Dict) -> Dict:
         "anomaly": encode_json(dict(
             {k: anomaly[k] for k in ("kind", "step", "peak_step", "end_step", "severity",
                                      "baseline", "peak_value")},
-            pattern=anomaly.get("pattern", ""))),
+            pattern=anomaly.get("pattern", ""),
+            guard_skipped=int(anomaly.get("guard_skipped") or 0))),
         "causes": encode_json(causes),
         "evidence": {
             "resolution": resolution,

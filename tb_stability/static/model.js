@@ -604,6 +604,13 @@ const finite = (v) => typeof v === 'number' && Number.isFinite(v);
  * above the baseline for a spike, divergence or instability, consecutive
  * non-finite steps, or the share of the run a plateau lasted; null when
  * there is nothing to say. */
+/** The updates the update guard skipped in the anomaly, in words, or null when none. */
+export function guardWords(a) {
+  const n = a ? Number(a.guard_skipped) : 0;
+  if (!Number.isFinite(n) || n <= 0) return null;
+  return `${formatStep(n)} update${n === 1 ? '' : 's'} skipped by the update guard (weights and moments kept)`;
+}
+
 export function severityWords(a) {
   const s = a ? decodeFloat(a.severity) : null;
   if (!finite(s)) return null;

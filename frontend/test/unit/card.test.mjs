@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import {test} from 'node:test';
 
-import {lossWords, severityWords} from '../../../tb_stability/static/model.js';
+import {guardWords, lossWords, severityWords} from '../../../tb_stability/static/model.js';
 
 test('severityWords says what severity measures for each kind', () => {
   assert.equal(severityWords({kind: 'spike', severity: 6.34}), '6.3 decades above the loss before it (\u00d72e6)');
@@ -38,4 +38,12 @@ test('storyRange zooms a run whose anomalies are all in its first steps', async 
   assert.equal(storyRange([{kind: 'nonfinite', step: 2, peak_step: 2}], 0, 22), null, 'a short run is shown whole');
   assert.equal(storyRange([], 0, 9999), null);
   assert.equal(storyRange([{kind: 'spike', step: 1, peak_step: 1}, {kind: 'spike', step: 5000, peak_step: 5000}], 0, 9999), null);
+});
+
+test('guardWords counts the updates the guard skipped, nothing when none', () => {
+  assert.equal(guardWords({guard_skipped: 1}), '1 update skipped by the update guard (weights and moments kept)');
+  assert.match(guardWords({guard_skipped: 25}), /^25 updates skipped/);
+  assert.equal(guardWords({guard_skipped: 0}), null);
+  assert.equal(guardWords({}), null);
+  assert.equal(guardWords(null), null);
 });

@@ -11,7 +11,7 @@
 //     ol.alternatives  [data-testid=cause-alternatives]
 
 import {
-  anomalyCause, causeStyle, formatLead, formatPercent, formatStep, lossWords, severityWords, shapePath,
+  anomalyCause, causeStyle, formatLead, formatPercent, formatStep, guardWords, lossWords, severityWords, shapePath,
 } from '../model.js';
 import {el, svgShape} from './dom.js';
 
@@ -82,7 +82,9 @@ export function causeCard(anomaly, detail, opts) {
     severityWords(anomaly) ? el('dt', {title: 'how bad: the size of the jump, the length of the NaN run, or of the plateau'}, 'how bad') : null,
     severityWords(anomaly) ? el('dd', {'data-testid': 'anomaly-severity'}, severityWords(anomaly)) : null,
     lossWords(anomaly) ? el('dt', {}, 'loss') : null,
-    lossWords(anomaly) ? el('dd', {'data-testid': 'anomaly-loss'}, lossWords(anomaly)) : null);
+    lossWords(anomaly) ? el('dd', {'data-testid': 'anomaly-loss'}, lossWords(anomaly)) : null,
+    guardWords(anomaly) ? el('dt', {}, 'guard') : null,
+    guardWords(anomaly) ? el('dd', {'data-testid': 'anomaly-guard'}, guardWords(anomaly)) : null);
 
   const evidence = Array.isArray(top.evidence) ? top.evidence : [];
   const card = el('section', {

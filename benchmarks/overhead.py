@@ -643,6 +643,23 @@ def print_memory(results, rows):
         results.append({"section": "memory", **r})
 
 
+def paired_section(args, results, name, conditions, pair, treated, baseline):
+    """One model's interleaved rounds of `conditions`, each row printed, then
+    `pair`: `treated` against `baseline` paired by round. Returns the block.
+    """
+    steps, batch = DEFAULTS[name]
+    steps = args.steps or steps
+    block = interleaved(name, conditions, steps, batch, args.warmup, args.reps)
+    probe, _, _ = compiled(name)
+    params, variables = probe.count_params(), len(probe.trainable_variables)
+    for c in conditions:
+        print_row(results, name, params, variables, c, block[c], block["plain"],
+                  steps, batch)
+    print_row(results, name, params, variables, pair, block[treated],
+              block[baseline], steps, batch)
+    return block
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=["fit"],
@@ -718,38 +735,19 @@ def main():
               "against tb_stability, paired by round)")
         print(header)
         for name in args.models:
-            steps, batch = DEFAULTS[name]
-            steps = args.steps or steps
-            block = interleaved(name, GUARD_CONDITIONS, steps, batch,
-                                args.warmup, args.reps)
-            probe, _, _ = compiled(name)
-            params, variables = probe.count_params(), len(probe.trainable_variables)
-            for c in GUARD_CONDITIONS:
-                print_row(results, name, params, variables, c, block[c],
-                          block["plain"], steps, batch)
-            print_row(results, name, params, variables, "guard_vs_recording",
-                      block["tb_stability_guard"], block["tb_stability"],
-                      steps, batch)
+            paired_section(args, results, name, GUARD_CONDITIONS,
+                           "guard_vs_recording", "tb_stability_guard", "tb_stability")
     if "alerts" in args.sections:
         print("\n# live alerts (alerts_vs_recording: tb_stability against "
               "tb_stability_quiet, on_anomaly=None, paired by round; share: "
               "time in the live analysis over the instrumented epochs' time)")
         print(header + f" {'share':>7} {'analyses':>8}")
         for name in args.models:
-            steps, batch = DEFAULTS[name]
-            steps = args.steps or steps
-            block = interleaved(name, ALERT_CONDITIONS, steps, batch,
-                                args.warmup, args.reps)
-            probe, _, _ = compiled(name)
-            params, variables = probe.count_params(), len(probe.trainable_variables)
-            for c in ALERT_CONDITIONS:
-                print_row(results, name, params, variables, c, block[c],
-                          block["plain"], steps, batch)
+            block = paired_section(args, results, name, ALERT_CONDITIONS,
+                                   "alerts_vs_recording", "tb_stability",
+                                   "tb_stability_quiet")
             seconds, analyses = ALERT_STATS.get("tb_stability", (0.0, 0))
             share = seconds / max(sum(w for w, _ in block["tb_stability"]), 1e-9)
-            print_row(results, name, params, variables, "alerts_vs_recording",
-                      block["tb_stability"], block["tb_stability_quiet"],
-                      steps, batch)
             print(f"{'':>{len(header)}} {share:>7.4f} {analyses:>8}", flush=True)
             results[-1].update({"analysis_share": share, "analyses": analyses})
     if "loop" in args.sections:

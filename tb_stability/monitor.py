@@ -293,7 +293,7 @@ class Monitor:
             if not final and not rec.due():
                 rec.poll()  # a new non-finite stretch flushes now
                 return
-        except (live.TrainingInstability, Exception) as e:  # pylint: disable=broad-except
+        except Exception as e:  # pylint: disable=broad-except
             if isinstance(e, live.TrainingInstability) or e is self.alerts.user_error:
                 self.alerts.user_error = None
                 raise

@@ -22,6 +22,7 @@ from tb_stability.config import RecorderConfig
 from tb_stability.record import guard as guard_lib
 from tb_stability.record import live
 from tb_stability.record import model_info as model_description
+from tb_stability.record.compiled_push import CompiledPush
 from tb_stability.record.global_stats import feature_tensor, feature_width
 from tb_stability.record.recorder import Recorder
 from tb_stability.record.runtime import (
@@ -84,7 +85,7 @@ class Monitor:
         if input_features is None and model is not None and tf.distribute.has_strategy():
             self._input_features = model_description.input_features(model)
         self._recorder = None
-        self._push_fn = None  # the compiled push of eager record() calls
+        self._push_fn = None  # the CompiledPush of eager record() calls
         self._pending = 0
         self._disabled = False
         if not self.variables:
@@ -201,40 +202,18 @@ class Monitor:
             grad_sq, guard_skip = self._guard.take(self.variables)
         if tf.executing_eagerly() and not tf.distribute.has_strategy():
             # Called from Python: run the step's work as one compiled call
-            # (traced once per input signature), not op by op.
-            count = self._compiled_push()(
-                _as_tensor(step, tf.int64), tf.convert_to_tensor(loss),
-                [_as_tensor(g) for g in gradients], _as_tensor(batch_size),
-                _tensors(inputs), _tensors(targets), _tensors(predictions),
-                grad_sq, guard_skip)
+            # (traced once per layout of the arguments), not op by op.
+            if self._push_fn is None:
+                self._push_fn = CompiledPush(rec)
+            count = self._push_fn(
+                step, loss, gradients, batch_size, _tensors(inputs),
+                _tensors(targets), _tensors(predictions), grad_sq, guard_skip)
         else:
             count = rec.push(loss, gradients, batch_size=batch_size,
                              inputs=inputs, targets=targets,
                              predictions=predictions, step=step,
                              grad_sq=grad_sq, guard_skip=guard_skip)
         self._write_when_due(rec, count, replicas, loss)
-
-    def _compiled_push(self):
-        """`Recorder.push` as a `tf.function`, made on first use.
-
-        The graph it traces is the one an in-graph `record` adds to the
-        user's step, so eager and in-graph calls write the same rows.
-        `reduce_retracing`: a batch of another size (the last one) makes
-        the shapes generic instead of tracing once per size.
-        """
-        if self._push_fn is None:
-            rec = self._recorder
-
-            def push(step, loss, gradients, batch_size, inputs, targets,
-                     predictions, grad_sq, guard_skip):
-                return rec.push(loss, gradients, batch_size=batch_size,
-                                inputs=inputs, targets=targets,
-                                predictions=predictions, step=step,
-                                grad_sq=grad_sq, guard_skip=guard_skip)
-
-            self._push_fn = tf.function(push, reduce_retracing=True,
-                                        autograph=False)
-        return self._push_fn
 
     def _write_when_due(self, rec, count, replicas, loss):
         """Flushes once per window where a write can be triggered from here.
@@ -316,20 +295,6 @@ class Monitor:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-def _as_tensor(value, dtype=None):
-    """`value` as a tensor for the compiled push (None, tensors as they are).
-
-    Dense tensors and `IndexedSlices` pass unchanged.
-    A Python number would be part of the traced signature (a new trace per
-    step number); as a tensor it is an argument.
-    """
-    if value is None or isinstance(value, (tf.Tensor, tf.IndexedSlices)):
-        return value
-    if dtype is not None and isinstance(value, (int, np.integer)):
-        return tf.constant(value, dtype)
-    return tf.convert_to_tensor(value)
 
 
 def _tensors(nest):

@@ -21,12 +21,14 @@ global gradient norm:
 * a non-finite loss or any non-finite entry flags the step.
 
 The state is one float32 variable (one read and one write per step) viewed
-as the named fields of `DetectorState`.
+as the named fields of `DetectorState`; the loss and the gradient norm are
+tested as one 2-vector.
 """
 
 import math
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tb_stability import metadata
@@ -64,48 +66,48 @@ _LN_REARM = math.log(REARM_FACTOR)
 
 
 class DetectorState(NamedTuple):
-    """The detector's running state (all float32 scalars, log space).
+    """The detector's running state (float32, log space).
+
+    The loss and the global gradient norm are tested alike, so their running
+    statistics are 2-vectors (loss first) and each test is one vector
+    operation: the executor runs a handful of nodes per step instead of one
+    per scalar.
 
     Attributes:
-      loss_mu: EMA of the log loss.
-      loss_var: EMA variance of the log loss.
-      grad_mu: EMA of the log gradient norm.
-      grad_var: EMA variance of the log gradient norm.
+      mu: [2], EMAs of the log loss and of the log gradient norm.
+      var: [2], their EMA variances.
       n: steps with a finite loss and gradient norm seen.
       prev_rms: RMS(g^2/v_hat) of the last computed step (0 if not finite).
-      floor: the lowest `loss_mu` seen once warm (inf before).
+      floor: the lowest loss EMA seen once warm (inf before).
       above: 1 while the loss is above `RISE_FACTOR` times `floor` (until
         back under `REARM_FACTOR` times), else 0.
     """
 
-    loss_mu: tf.Tensor
-    loss_var: tf.Tensor
-    grad_mu: tf.Tensor
-    grad_var: tf.Tensor
+    mu: tf.Tensor
+    var: tf.Tensor
     n: tf.Tensor
     prev_rms: tf.Tensor
     floor: tf.Tensor
     above: tf.Tensor
 
 
-INITIAL_STATE = DetectorState(
-    loss_mu=0.0, loss_var=0.0, grad_mu=0.0, grad_var=0.0, n=0.0,
-    prev_rms=0.0, floor=float("inf"), above=0.0)
+# The state variable's layout: mu (2), var (2), then the four scalars.
+INITIAL_STATE = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, float("inf"), 0.0]
 
 
 class Outliers(NamedTuple):
     """One step's values against the running state (`Detector.outliers`).
 
     Attributes:
-      x: log of the loss.
-      y: log of the global gradient norm.
+      xy: [2], the logs of the loss and of the global gradient norm.
+      x: the log of the loss (`xy[0]`).
       loss_jump: bool, the loss is a jump.
       grad_jump: bool, the gradient norm is an outlier.
       precursor: bool, the step is worth computing in full.
     """
 
+    xy: tf.Tensor
     x: tf.Tensor
-    y: tf.Tensor
     loss_jump: tf.Tensor
     grad_jump: tf.Tensor
     precursor: tf.Tensor
@@ -122,25 +124,37 @@ class Detector:
         self.loss_z = config.loss_z
         self.grad_z = config.grad_z
         self.rms_threshold = config.rms_threshold
+        # Rows: the outlier test (jump), the precursor test; columns: the
+        # loss, the gradient norm.
+        self._z = np.array([[self.loss_z, self.grad_z],
+                            [PRECURSOR_Z, PRECURSOR_Z]], np.float32)
+        self._least = np.array([[_LN_MIN_JUMP] * 2, [_LN_PRECURSOR] * 2],
+                               np.float32)
         with tf.init_scope():
-            self.variable = replicated_variable(list(INITIAL_STATE), tf.float32)
+            self.variable = replicated_variable(INITIAL_STATE, tf.float32)
 
     def read(self):
-        """The current state, as a `DetectorState` of scalar tensors."""
-        return DetectorState(*tf.unstack(self.variable.read_value()))
+        """The current state, as a `DetectorState`."""
+        mu, var, rest = tf.split(self.variable.read_value(), [2, 2, 4])
+        return DetectorState(mu, var, *tf.unstack(rest))
 
     def assign(self, state):
         """The op storing `state` (a `DetectorState`) as the new state."""
-        return self.variable.assign(tf.stack(list(state)))
+        return self.variable.assign(tf.concat(
+            [state.mu, state.var,
+             tf.stack([state.n, state.prev_rms, state.floor, state.above])], 0))
 
     def outliers(self, state, loss, grad_norm):
         """This step's loss and gradient norm against the running state.
 
-        A precursor is the loss or the gradient norm above its running mean
-        by `PRECURSOR_Z` standard deviations and at least
-        `PRECURSOR_FACTOR`, or the loss above `PRECURSOR_RISE_FACTOR` times
-        its lowest smoothed level (a slow rise, which the running mean
-        follows, as Adam's does from a tiny loss).
+        A value is an outlier (a jump) when it is above its running mean by
+        more than its z (`loss_z`, `grad_z`) running standard deviations and
+        at least `MIN_JUMP_FACTOR`. A precursor is the loss or the gradient
+        norm above its running mean by `PRECURSOR_Z` standard deviations and
+        at least `PRECURSOR_FACTOR`, or the loss above
+        `PRECURSOR_RISE_FACTOR` times its lowest smoothed level (a slow
+        rise, which the running mean follows, as Adam's does from a tiny
+        loss).
 
         Args:
           state: the `DetectorState` read at the start of the step.
@@ -151,30 +165,22 @@ class Detector:
           `Outliers`.
         """
         warm = state.n >= WARMUP_STEPS
-        x = tf.math.log(tf.maximum(loss, LOG_FLOOR))
-        y = tf.math.log(tf.maximum(grad_norm, LOG_FLOOR))
-
-        def outlier(value, mu, var, z, least):
-            excess = value - mu
-            limit = tf.maximum(z * tf.sqrt(var), least)
-            return tf.logical_and(
-                warm,
-                tf.logical_and(tf.math.is_finite(value), excess > limit),
-            )
-
-        loss_jump = outlier(x, state.loss_mu, state.loss_var, self.loss_z,
-                            _LN_MIN_JUMP)
-        grad_jump = outlier(y, state.grad_mu, state.grad_var, self.grad_z,
-                            _LN_MIN_JUMP)
+        xy = tf.math.log(tf.maximum(tf.stack([loss, grad_norm]), LOG_FLOOR))
+        finite = tf.math.is_finite(xy)
+        limit = tf.maximum(tf.constant(self._z) * tf.sqrt(state.var),
+                           tf.constant(self._least))
+        # [2, 2]: (jump, precursor) x (loss, gradient norm).
+        hit = tf.logical_and(xy - state.mu > limit,
+                             tf.logical_and(finite, warm))
+        loss_jump, grad_jump, loss_near, grad_near = tf.unstack(
+            tf.reshape(hit, [4]))
+        x, _ = tf.unstack(xy)
+        loss_finite, _ = tf.unstack(finite)
         precursor = tf.logical_or(
-            tf.logical_or(
-                outlier(x, state.loss_mu, state.loss_var, PRECURSOR_Z,
-                        _LN_PRECURSOR),
-                outlier(y, state.grad_mu, state.grad_var, PRECURSOR_Z,
-                        _LN_PRECURSOR)),
-            tf.logical_and(tf.logical_and(warm, tf.math.is_finite(x)),
+            tf.logical_or(loss_near, grad_near),
+            tf.logical_and(tf.logical_and(warm, loss_finite),
                            x - state.floor > _LN_PRECURSOR_RISE))
-        return Outliers(x, y, loss_jump, grad_jump, precursor)
+        return Outliers(xy, x, loss_jump, grad_jump, precursor)
 
     def detect(self, state, loss, outliers, rms_ratio_max, nonfinite, computed):
         """This step's flags and the detector's next state.
@@ -202,13 +208,12 @@ class Detector:
                                   rms_ratio_max > self.rms_threshold)
         rms = tf.logical_and(rms_high, state.prev_rms > self.rms_threshold)
         rise, above = self._rise(state, warm, outliers.x)
-        flags = (
-            tf.cast(rise, tf.float32) * metadata.FLAG_LOSS_RISE
-            + tf.cast(outliers.loss_jump, tf.float32) * metadata.FLAG_LOSS_JUMP
-            + tf.cast(outliers.grad_jump, tf.float32) * metadata.FLAG_GRAD_OUTLIER
-            + tf.cast(bad, tf.float32) * metadata.FLAG_NONFINITE
-            + tf.cast(rms, tf.float32) * metadata.FLAG_RMS_RATIO
-        )
+        bits = tf.constant([metadata.FLAG_LOSS_RISE, metadata.FLAG_LOSS_JUMP,
+                            metadata.FLAG_GRAD_OUTLIER, metadata.FLAG_NONFINITE,
+                            metadata.FLAG_RMS_RATIO], tf.float32)
+        flags = tf.reduce_sum(bits * tf.cast(tf.stack(
+            [rise, outliers.loss_jump, outliers.grad_jump, bad, rms]),
+            tf.float32))
         return flags, self._next_state(state, warm, outliers, rms_ratio_max,
                                        computed, above), rms_high
 
@@ -229,34 +234,21 @@ class Detector:
     @staticmethod
     def _next_state(state, warm, outliers, rms_ratio_max, computed, above):
         """The state after this step: EMAs fed winsorised values."""
-        n = state.n
+        n, mu, var, xy = state.n, state.mu, state.var, outliers.xy
         alpha = tf.where(warm, EMA_ALPHA, 1.0 / (n + 1.0))
-
-        def update(value, mu, var):
-            sd = tf.sqrt(var)
-            clipped = tf.where(
-                warm,
-                tf.clip_by_value(value, mu - WINSOR_SIGMAS * sd,
-                                 mu + WINSOR_SIGMAS * sd),
-                value,
-            )
-            ok = tf.math.is_finite(clipped)
-            delta = clipped - mu
-            new_mu = mu + alpha * delta
-            new_var = (1.0 - alpha) * (var + alpha * delta * delta)
-            return tf.where(ok, new_mu, mu), tf.where(ok, new_var, var)
-
-        x, y = outliers.x, outliers.y
-        loss_mu, loss_var = update(x, state.loss_mu, state.loss_var)
-        grad_mu, grad_var = update(y, state.grad_mu, state.grad_var)
-        finite = tf.logical_and(tf.math.is_finite(x), tf.math.is_finite(y))
-        n = n + tf.cast(finite, tf.float32)
+        band = WINSOR_SIGMAS * tf.sqrt(var)
+        clipped = tf.where(warm, tf.clip_by_value(xy, mu - band, mu + band), xy)
+        ok = tf.math.is_finite(clipped)
+        delta = clipped - mu
+        new_mu = tf.where(ok, mu + alpha * delta, mu)
+        new_var = tf.where(ok, (1.0 - alpha) * (var + alpha * delta * delta), var)
+        n = n + tf.cast(tf.reduce_all(tf.math.is_finite(xy)), tf.float32)
         prev_rms = tf.where(
             computed,
             tf.where(tf.math.is_finite(rms_ratio_max), rms_ratio_max, 0.0),
             state.prev_rms)
+        loss_mu, _ = tf.unstack(new_mu)
         floor = tf.where(n >= WARMUP_STEPS, tf.minimum(state.floor, loss_mu),
                          state.floor)
-        return DetectorState(loss_mu=loss_mu, loss_var=loss_var,
-                             grad_mu=grad_mu, grad_var=grad_var, n=n,
-                             prev_rms=prev_rms, floor=floor, above=above)
+        return DetectorState(mu=new_mu, var=new_var, n=n, prev_rms=prev_rms,
+                             floor=floor, above=above)

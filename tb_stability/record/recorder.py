@@ -157,6 +157,7 @@ class Recorder:
         self._polled = 0  # the row count at the last poll
         self._poll_watch = live.NonfiniteWatch()
         self._flush_watch = live.NonfiniteWatch()
+        self._traced_push = None  # push's nested function (`push`)
         self._recheck_rows = set()  # onset rows the recheck found so far
         self._urgent = None  # why to analyse soon: live.NONFINITE or live.ONSET
         self._live_off = False  # the live analysis failed: not again
@@ -203,10 +204,29 @@ class Recorder:
     # `tf.function`, AutoGraph converting this code and everything it calls
     # cost tens of seconds of tracing on the first step.
     @tf.autograph.experimental.do_not_convert
-    def push(self, loss, grads, *, weights_before=None, batch_size=None,
-             inputs=None, targets=None, predictions=None, step=None,
-             loss_scale=None, grad_sq=None, guard_skip=None):
+    def push(self, loss, grads, **kwargs):
         """Records one training step (runs in the graph of the step).
+
+        The arguments are `_push`'s. Inside a `tf.function` (outside a
+        distribution strategy) the step's work is traced once into a nested
+        function and reused: TensorFlow traces a step that creates variables
+        (Keras's first `fit` step builds the optimizer) twice, and the
+        recorder's graph is the larger part of what that costs. The nested
+        call is inlined when the step runs, so running it costs the same.
+        """
+        if tf.executing_eagerly() or tf.distribute.has_strategy():
+            # (A nested tf.function cannot hold a strategy's merge_call.)
+            return self._push(loss, grads, **kwargs)
+        if self._traced_push is None:
+            self._traced_push = tf.function(self._push, autograph=False,
+                                            reduce_retracing=True)
+        return self._traced_push(loss, grads, **kwargs)
+
+    @tf.autograph.experimental.do_not_convert
+    def _push(self, loss, grads, *, weights_before=None, batch_size=None,
+              inputs=None, targets=None, predictions=None, step=None,
+              loss_scale=None, grad_sq=None, guard_skip=None):
+        """Records one training step (in the graph of the step).
 
         Args:
           loss: scalar loss of this step (as a tensor); NaN if unknown.

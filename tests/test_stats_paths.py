@@ -105,18 +105,38 @@ def test_stats_match_numpy(mode, optimizer, exact, sample_size):
                                    atol=1e-7, err_msg=name)
 
 
-def test_nonfinite_entries_are_counted_per_variable():
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+def test_nonfinite_entries_are_counted_per_variable(mode):
     variables, opt, grads, before = _setup(keras.optimizers.Adam, steps=1)
     grads = [g.numpy() for g in grads]
     grads[0][0, 0] = np.nan  # packed
     grads[1][5] = np.inf  # solo
     grads[1][6] = -np.inf
+    grads = [tf.constant(g) for g in grads]
+    grads[2] = None  # no gradient: nothing to count
+    weights = variables[3].numpy()
+    weights[7, 9] = weights[100, 1] = np.nan
+    variables[3].assign(weights)
+    nu = opt._velocities[4].numpy()
+    nu[0] = np.inf
+    opt._velocities[4].assign(nu)
+    mu = opt._momentums[5].numpy()
+    mu[1, 2, 0] = np.nan
+    opt._momentums[5].assign(mu)
     calc = _stats.VariableStats(OptimizerAdapter(opt), variables)
-    got = tf.function(lambda: calc.compute(
-        [tf.constant(g) for g in grads], with_median=False,
-        median_carry=tf.zeros([len(variables)]))[0])().numpy()
+
+    def compute():
+        return calc.compute(grads, with_median=False,
+                            median_carry=tf.zeros([len(variables)]))[0]
+
+    if mode != "eager":
+        compute = tf.function(compute, jit_compile=mode == "jit")
+    got = compute().numpy()
     assert list(got[:, S["grad_nonfinite"]]) == [1, 2, 0, 0, 0, 0]
+    assert list(got[:, S["weight_nonfinite"]]) == [0, 0, 0, 2, 0, 0]
+    assert list(got[:, S["moment_nonfinite"]]) == [0, 0, 0, 0, 1, 1]
     assert np.isnan(got[0, S["grad_norm"]]) and np.isinf(got[1, S["grad_norm"]])
+    assert np.isnan(got[2, S["grad_norm"]])
 
 
 def test_without_moments_adam_columns_are_nan_and_sgd_update_is_derived():

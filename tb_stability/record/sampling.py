@@ -39,21 +39,60 @@ def sample_runs(n, k, seed):
         n // RUN_LENGTH, runs, replace=False)).astype(np.int32)
 
 
-def strided_median(x):
-    """Median of a strided sample of at most `MEDIAN_SAMPLE` entries of x.
+def strided_sample(x):
+    """A strided sample of at most `MEDIAN_SAMPLE` entries of x (flat).
 
     Returns:
-      A float32 scalar: the upper median of the sample; NaN when the size
-      of `x` is unknown.
+      A float tensor of the sample's entries, or None when the size of `x`
+      is unknown.
     """
     flat = tf.reshape(x, [-1])
     n = flat.shape[0]
     if n is None:
-        return tf.constant(float("nan"))
+        return None
     stride = max(1, n // MEDIAN_SAMPLE)
-    sample = tf.sort(flat[::stride][:MEDIAN_SAMPLE])
     count = min(MEDIAN_SAMPLE, (n + stride - 1) // stride)
-    return sample[count // 2]
+    return flat[:stride * (count - 1) + 1:stride]
+
+
+def strided_medians(xs):
+    """The upper median of each tensor's strided sample, in one sort.
+
+    The samples (`strided_sample`) are padded with +inf to `MEDIAN_SAMPLE`
+    entries, stacked and sorted together: one sort for every tensor, a
+    handful of graph nodes per tensor.
+
+    Args:
+      xs: a list of float32 tensors (None entries allowed).
+
+    Returns:
+      float32 [len(xs)]: each sample's upper median (sorted entry
+      `count // 2`); NaN for a tensor of unknown size, 0 for None.
+    """
+    rows, index, where = [], [], []
+    for x in xs:
+        sample = None if x is None else strided_sample(x)
+        if sample is None:
+            where.append(-1 if x is None else -2)
+            continue
+        count = int(sample.shape[0])
+        if count < MEDIAN_SAMPLE:
+            sample = tf.concat([sample, tf.constant(
+                np.full([MEDIAN_SAMPLE - count], np.inf, np.float32))], 0)
+        where.append(len(rows))
+        index.append([len(rows), count // 2])
+        rows.append(sample)
+    # Appended after the medians: 0 (no tensor) and NaN (unknown size).
+    extra = tf.constant([0.0, float("nan")])
+    if rows:
+        medians = tf.gather_nd(tf.sort(tf.stack(rows)), index)
+        table = tf.concat([medians, extra], 0)
+    else:
+        table = extra
+    k = len(rows)
+    return tf.gather(table, [w if w >= 0 else k + (-w - 1) for w in where])
+
+
 
 
 class Samples:

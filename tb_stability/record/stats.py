@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tb_stability import metadata
 from tb_stability.record.runtime import cond
-from tb_stability.record.sampling import Samples, strided_median
+from tb_stability.record.sampling import Samples, strided_medians
 
 _S = metadata.STAT
 _TINY = 1e-30  # smallest weight norm an update is divided by
@@ -27,11 +27,6 @@ MAX_INPUT_ROWS = 4096
 def _f32(x):
     """`x` as float32."""
     return tf.cast(x, tf.float32)
-
-
-def _nonfinite_count(x):
-    """The number of NaN or Inf entries of `x`, float32."""
-    return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(x)), tf.float32))
 
 
 def _nan_where(mask):
@@ -381,9 +376,8 @@ class VariableStats:
         """Medians of sqrt(v_hat)/eps [V] now, or `median_carry`."""
 
         def medians():
-            zero = tf.constant(0.0)
-            med_v = tf.stack([
-                zero if x.nu[i] is None else strided_median(self.sample(i, x.nu[i]))
+            med_v = strided_medians([
+                None if x.nu[i] is None else self.sample(i, x.nu[i])
                 for i in range(len(self.variables))])
             return (tf.sqrt(tf.maximum(med_v, 0.0) / step.bias_2) / step.epsilon
                     + no_moments)
@@ -405,13 +399,24 @@ class VariableStats:
         count = len(self.variables)
 
         def counts():
-            zero = tf.constant(0.0)
-            return tf.stack([tf.stack([
-                zero if x.grads[i] is None else _nonfinite_count(x.grads[i]),
-                _nonfinite_count(x.weights[i]),
-                zero if x.mu[i] is None
-                else _nonfinite_count(x.mu[i]) + _nonfinite_count(x.nu[i]),
-            ]) for i in range(count)])
+            # A variable's gradient, weights and moments have its shape:
+            # stacked, one count per tensor takes a few nodes per variable.
+            # Each count goes to its (variable, column) cell, the two
+            # moments to the same one.
+            per_variable, cells = [], []
+            for i in range(count):
+                tensors = [(x.grads[i], 0), (x.weights[i], 1), (x.mu[i], 2),
+                           (x.nu[i], 2)]
+                tensors = [(t, c) for t, c in tensors if t is not None]
+                stacked = tf.reshape(tf.stack([t for t, _ in tensors]),
+                                     [len(tensors), -1])
+                per_variable.append(tf.reduce_sum(tf.cast(
+                    tf.logical_not(tf.math.is_finite(stacked)), tf.float32),
+                    axis=1))
+                cells += [i * len(_COUNTS) + c for _, c in tensors]
+            found = tf.math.unsorted_segment_sum(
+                tf.concat(per_variable, 0), cells, count * len(_COUNTS))
+            return tf.reshape(found, [count, len(_COUNTS)])
 
         found = cond(all_finite, lambda: tf.zeros([count, len(_COUNTS)]), counts)
         return dict(zip(_COUNTS, tf.unstack(found, axis=1)))

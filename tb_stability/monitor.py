@@ -26,6 +26,7 @@ from tb_stability.record.compiled_push import CompiledPush
 from tb_stability.record.global_stats import feature_tensor, feature_width
 from tb_stability.record.recorder import Recorder
 from tb_stability.record.runtime import (
+    cond,
     in_xla_context,
     replica_count,
     sum_over_replicas,
@@ -239,7 +240,7 @@ class Monitor:
 
             # Once per window, and on a step whose loss is not finite (the
             # live analysis reports it now, not at the window's end).
-            tf.cond(
+            cond(
                 tf.logical_or(tf.equal(count % window, 0),
                               tf.logical_not(tf.math.is_finite(
                                   tf.reduce_sum(tf.cast(loss, tf.float32))))),

@@ -80,7 +80,10 @@ def _run_info(run):
 def test_eager_record_writes_the_rows_of_in_graph_record(tmp_path):
     eager_dir, graph_dir = str(tmp_path / "eager"), str(tmp_path / "graph")
     _train(eager_dir, in_graph=False)
-    _train(graph_dir, in_graph=True)
+    monitor = _train(graph_dir, in_graph=True)
+    # record inside the step: the recorder's graph is traced once, not once
+    # per trace of the step.
+    assert monitor.recorder._traced_push.experimental_get_tracing_count() == 1
     eager, graph = read_run(eager_dir), read_run(graph_dir)
     assert _run_info(eager) == _run_info(graph)
     steps_e, rows_e = global_table(eager)
@@ -202,3 +205,30 @@ def test_eager_record_with_sparse_and_missing_gradients(tmp_path):
     detail = read_run(logdir)[metadata.TAG_LAYERS_DETAIL][0][1]
     grad_norm = detail[:, metadata.STAT["grad_norm"]]
     assert np.isfinite(grad_norm[:-1]).all() and np.isnan(grad_norm[-1])
+
+
+def test_in_graph_record_with_python_steps_traces_once(tmp_path):
+    """A step counted in Python inside the user's function (an unrolled
+    loop) is an argument of the recorder's trace, not part of its key.
+    """
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    opt = keras.optimizers.Adam(1e-2)
+    variables = model.trainable_variables
+    monitor = tb_stability.Monitor(str(tmp_path / "run"), optimizer=opt,
+                                   variables=variables, on_anomaly=None)
+    x = tf.ones([4, 3])
+
+    @tf.function
+    def three_steps():
+        for i in range(3):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(x) - 1.0))
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables))
+            monitor.record(i, loss, grads, batch_size=4)
+
+    three_steps()
+    monitor.close()
+    assert monitor.recorder._traced_push.experimental_get_tracing_count() == 1
+    steps, _ = global_table(read_run(str(tmp_path / "run")))
+    assert list(steps) == [0, 1, 2]

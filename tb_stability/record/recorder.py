@@ -220,6 +220,9 @@ class Recorder:
         if self._traced_push is None:
             self._traced_push = tf.function(self._push, autograph=False,
                                             reduce_retracing=True)
+        # Python numbers (a step counted in Python) as tensors: as values
+        # they would be part of the trace's key, one trace per number.
+        loss, kwargs = _as_tensor(loss), {k: _as_tensor(v) for k, v in kwargs.items()}
         return self._traced_push(loss, grads, **kwargs)
 
     @tf.autograph.experimental.do_not_convert
@@ -682,6 +685,13 @@ def _no_update_when_skipped(computed, guard_skip):
         tf.logical_and(skipped, tf.logical_not(tf.math.is_nan(ratio))),
         0.0, ratio)
     return computed._replace(stats=tf.where(mask, 0.0, stats), glob=glob)
+
+
+def _as_tensor(value):
+    """A Python or NumPy number as a tensor; anything else as it is."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return tf.convert_to_tensor(value)
+    return value
 
 
 def _data_row(inputs, targets, predictions):

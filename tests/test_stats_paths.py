@@ -179,3 +179,43 @@ def test_a_sample_estimates_the_whole_tensor():
         assert sampled[S[name]] == pytest.approx(exact[S[name]], rel=rel), name
     # The smallest v of a sample is at least the smallest of all entries.
     assert sampled[S["eff_step_max"]] <= exact[S["eff_step_max"]] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("mode", ["function", "jit"])
+@pytest.mark.parametrize("optimizer", ["Adam", "AdamW"])
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "from_moments"])
+def test_variables_of_one_shape_summed_together_match_one_by_one(
+        mode, optimizer, exact, monkeypatch):
+    """Stacked per shape (groups of 4 or more), the statistics are those of
+    the variables summed one by one: one group of 5 kernels where one has
+    no gradient (a group of 4 and a single), a group of 4 biases, and
+    variables of other shapes.
+    """
+    shapes = [(6, 4)] * 5 + [(7,)] * 4 + [(3, 3), (16391,)]
+    rng = np.random.default_rng(2)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32"), name=f"v{i}")
+                 for i, s in enumerate(shapes)]
+    kwargs = dict(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+    if optimizer == "AdamW":
+        kwargs["weight_decay"] = WD
+    opt = getattr(keras.optimizers, optimizer)(**kwargs)
+    opt.build(variables)
+    for _ in range(3):
+        before = [tf.constant(v.numpy()) for v in variables]
+        grads = [tf.constant(rng.normal(size=s).astype("float32")) for s in shapes]
+        opt.apply(grads, variables)
+    grads[2] = None
+
+    def stats(group_min):
+        monkeypatch.setattr(_stats, "GROUP_MIN", group_min)
+        calc = _stats.VariableStats(OptimizerAdapter(opt), variables)
+
+        def compute():
+            return calc.compute(grads, weights_before=before if exact else None,
+                                with_median=True)[0]
+
+        return tf.function(compute, jit_compile=mode == "jit")().numpy()
+
+    together, one_by_one = stats(4), stats(10 ** 6)
+    np.testing.assert_allclose(together, one_by_one, rtol=2e-6, atol=1e-9)
+    assert np.isnan(together[2, S["grad_norm"]])

@@ -22,6 +22,9 @@ _TINY = 1e-30  # smallest weight norm an update is divided by
 RMS_MIN_SIZE = 32
 # The first kernel's gradient row norms are kept up to this many rows.
 MAX_INPUT_ROWS = 4096
+# Variables of one shape (and kind) summed together in the full statistics
+# once there are this many (`VariableStats._all_sums`).
+GROUP_MIN = 4
 
 
 def _f32(x):
@@ -236,8 +239,7 @@ class VariableStats:
         sources = self._update_sources(x, step)
         if grad_sq is None:
             grad_sq = self.grad_sums(grads)
-        raw = tf.stack([self._variable_sums(i, x, sources, step)
-                        for i in range(len(self.variables))])
+        raw = self._all_sums(x, sources, step)
         sums = self._scaled_sums(raw, sources, step)
         no_moments = _nan_where([m is None for m in x.mu])
         columns = self._derived_columns(x, sums, sources, step, grad_sq,
@@ -290,6 +292,76 @@ class VariableStats:
             step.momentum == 0.0 and self.adapter.name == "SGD")
         return _UpdateSources(exact=exact, from_adam=from_adam,
                               from_sgd=from_sgd, decayed=decayed)
+
+    def _all_sums(self, x, sources, step):
+        """Every variable's `SUMS`, float32 [V, len(SUMS)].
+
+        Variables of one shape, small enough to be summed whole (not
+        sampled), and alike in what they have (gradient, moments) and where
+        their update comes from, are stacked and summed in one op per sum
+        (`GROUP_MIN` or more of them): on a model of many small layers of
+        one width that is a few nodes per group instead of a dozen per
+        variable. The others are summed one by one (`_variable_sums`).
+        """
+        groups = {}
+        for i, var in enumerate(self.variables):
+            if self.samples[i] is not None or not var.shape.is_fully_defined():
+                continue
+            key = (tuple(var.shape), x.grads[i] is None, x.mu[i] is None,
+                   bool(sources.exact[i]), bool(sources.from_adam[i]),
+                   bool(sources.decayed[i]))
+            groups.setdefault(key, []).append(i)
+        parts, order = [], []
+        for members in groups.values():
+            if len(members) >= GROUP_MIN:
+                parts.append(self._group_sums(members, x, sources, step))
+                order += members
+        grouped = set(order)
+        for i in range(len(self.variables)):
+            if i not in grouped:
+                parts.append(self._variable_sums(i, x, sources, step)[None])
+                order.append(i)
+        raw = tf.concat(parts, 0)
+        if order != sorted(order):
+            raw = tf.gather(raw, np.argsort(order))
+        return raw
+
+    def _group_sums(self, members, x, sources, step):
+        """`SUMS` [len(members), len(SUMS)] of variables of one shape.
+
+        The same sums as `_variable_sums` (halved sums of squares, as
+        L2Loss gives them), over the stacked tensors flattened to rows.
+        """
+        k = len(members)
+
+        def rows(tensors):
+            return tf.reshape(tf.stack([tensors[i] for i in members]), [k, -1])
+
+        def half_sq(t):
+            return 0.5 * tf.reduce_sum(tf.square(t), axis=1)
+
+        i0 = members[0]
+        zero = tf.zeros([k])
+        w = rows(x.weights)
+        sums = dict.fromkeys(SUMS, zero)
+        sums["weight_sq"] = half_sq(w)
+        if x.mu[i0] is not None:
+            m, v = rows(x.mu), rows(x.nu)
+            sums["mu_sq"] = half_sq(m)
+            sums["nu_sum"] = tf.reduce_sum(v, axis=1)
+            if x.grads[i0] is not None:
+                sums["ratio_sq"] = half_sq(
+                    rows(x.grads) * tf.math.rsqrt(tf.maximum(v, step.nu_floor)))
+            sums["nu_min"] = tf.reduce_min(v, axis=1)
+        if sources.exact[i0]:
+            sums["update_sq_exact"] = half_sq(w - rows(x.weights_before))
+        if sources.decayed[i0]:
+            sums["update_sq_adam"] = half_sq(
+                step.alpha * m / (tf.sqrt(v) + step.epsilon)
+                + step.lr * step.weight_decay * w)
+        elif sources.from_adam[i0]:
+            sums["update_sq_adam"] = half_sq(m / (tf.sqrt(v) + step.epsilon))
+        return tf.stack([sums[name] for name in SUMS], axis=1)
 
     def _variable_sums(self, i, x, sources, step):
         """Variable i's `SUMS`, float32 [len(SUMS)], over its sample.

@@ -25,13 +25,13 @@ class _Layout(NamedTuple):
     """How one call's arguments were flattened (also the cache key).
 
     Attributes:
+      head: the spec keys of step and loss.
       grads: per gradient: None, its dtype (dense: its variable's shape),
         or ("slices", the spec keys of values, indices[, dense_shape]).
       scalars: per optional scalar argument (batch_size, grad_sq,
         guard_skip): None or its spec key.
       nests: per data nest (inputs, targets, predictions): None or
         (structure string, leaf spec keys).
-      head: the spec keys of step and loss.
     """
 
     head: tuple

@@ -73,7 +73,7 @@ def strided_medians(xs):
     for x in xs:
         sample = None if x is None else strided_sample(x)
         if sample is None:
-            where.append(-1 if x is None else -2)
+            where.append("zero" if x is None else "nan")
             continue
         count = int(sample.shape[0])
         if count < MEDIAN_SAMPLE:
@@ -89,10 +89,8 @@ def strided_medians(xs):
         table = tf.concat([medians, extra], 0)
     else:
         table = extra
-    k = len(rows)
-    return tf.gather(table, [w if w >= 0 else k + (-w - 1) for w in where])
-
-
+    after = {"zero": len(rows), "nan": len(rows) + 1}
+    return tf.gather(table, [after.get(w, w) for w in where])
 
 
 class Samples:

@@ -6,7 +6,7 @@ into one `[variables, stats]` float32 matrix whose columns are
 `metadata.STAT_COLUMNS`.
 """
 
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -114,6 +114,60 @@ class _UpdateSources(NamedTuple):
     from_adam: np.ndarray
     from_sgd: np.ndarray
     decayed: List[bool]
+
+
+class _Reductions(NamedTuple):
+    """How `_sums` reduces: over one whole tensor, or over each row.
+
+    Attributes:
+      half_sq: sum(t^2) / 2.
+      total: sum(t).
+      least: min(t).
+      zero: the value of a sum that does not exist.
+    """
+
+    half_sq: Callable
+    total: Callable
+    least: Callable
+    zero: tf.Tensor
+
+
+def _sums(reduce, g, m, v, w, w0, sources, i, step, axis):
+    """The `SUMS` of one variable's tensors (or of rows of stacked ones).
+
+    Args:
+      reduce: the `_Reductions` to use.
+      g: the gradient (None without), as the statistics see it.
+      m: Adam's first moment (None without).
+      v: Adam's second moment (None without).
+      w: the weights after the update.
+      w0: the weights before the update (None unless measured).
+      sources: the `_UpdateSources`.
+      i: the variable (of the group) whose update source applies.
+      step: the `_StepConstants`.
+      axis: the axis the sums are stacked along.
+
+    Returns:
+      float32 [len(SUMS)] (or [rows, len(SUMS)]).
+    """
+    sums = dict.fromkeys(SUMS, reduce.zero)
+    sums["weight_sq"] = reduce.half_sq(w)
+    if m is not None:
+        sums["mu_sq"] = reduce.half_sq(m)
+        sums["nu_sum"] = reduce.total(v)
+        if g is not None:
+            sums["ratio_sq"] = reduce.half_sq(
+                g * tf.math.rsqrt(tf.maximum(v, step.nu_floor)))
+        sums["nu_min"] = reduce.least(v)
+    if sources.exact[i]:
+        sums["update_sq_exact"] = reduce.half_sq(w - w0)
+    if sources.decayed[i]:  # implies from_adam
+        sums["update_sq_adam"] = reduce.half_sq(
+            step.alpha * m / (tf.sqrt(v) + step.epsilon)
+            + step.lr * step.weight_decay * w)
+    elif sources.from_adam[i]:  # alpha^2 is applied to the sum
+        sums["update_sq_adam"] = reduce.half_sq(m / (tf.sqrt(v) + step.epsilon))
+    return tf.stack([sums[name] for name in SUMS], axis=axis)
 
 
 class VariableStats:
@@ -329,39 +383,25 @@ class VariableStats:
     def _group_sums(self, members, x, sources, step):
         """`SUMS` [len(members), len(SUMS)] of variables of one shape.
 
-        The same sums as `_variable_sums` (halved sums of squares, as
-        L2Loss gives them), over the stacked tensors flattened to rows.
+        The sums of `_variable_sums` over the stacked tensors flattened to
+        rows, one reduction per row (halved sums of squares, as L2Loss
+        gives them).
         """
         k = len(members)
 
         def rows(tensors):
+            if tensors[members[0]] is None:
+                return None
             return tf.reshape(tf.stack([tensors[i] for i in members]), [k, -1])
 
-        def half_sq(t):
-            return 0.5 * tf.reduce_sum(tf.square(t), axis=1)
-
-        i0 = members[0]
-        zero = tf.zeros([k])
-        w = rows(x.weights)
-        sums = dict.fromkeys(SUMS, zero)
-        sums["weight_sq"] = half_sq(w)
-        if x.mu[i0] is not None:
-            m, v = rows(x.mu), rows(x.nu)
-            sums["mu_sq"] = half_sq(m)
-            sums["nu_sum"] = tf.reduce_sum(v, axis=1)
-            if x.grads[i0] is not None:
-                sums["ratio_sq"] = half_sq(
-                    rows(x.grads) * tf.math.rsqrt(tf.maximum(v, step.nu_floor)))
-            sums["nu_min"] = tf.reduce_min(v, axis=1)
-        if sources.exact[i0]:
-            sums["update_sq_exact"] = half_sq(w - rows(x.weights_before))
-        if sources.decayed[i0]:
-            sums["update_sq_adam"] = half_sq(
-                step.alpha * m / (tf.sqrt(v) + step.epsilon)
-                + step.lr * step.weight_decay * w)
-        elif sources.from_adam[i0]:
-            sums["update_sq_adam"] = half_sq(m / (tf.sqrt(v) + step.epsilon))
-        return tf.stack([sums[name] for name in SUMS], axis=1)
+        return _sums(
+            _Reductions(
+                half_sq=lambda t: 0.5 * tf.reduce_sum(tf.square(t), axis=1),
+                total=lambda t: tf.reduce_sum(t, axis=1),
+                least=lambda t: tf.reduce_min(t, axis=1),
+                zero=tf.zeros([k])),
+            rows(x.grads), rows(x.mu), rows(x.nu), rows(x.weights),
+            rows(x.weights_before), sources, members[0], step, axis=1)
 
     def _variable_sums(self, i, x, sources, step):
         """Variable i's `SUMS`, float32 [len(SUMS)], over its sample.
@@ -370,33 +410,15 @@ class VariableStats:
         pass over the tensor instead of two. (The gradient's, exact, is
         `grad_sums`.)
         """
-        zero = tf.constant(0.0)
-        gi, mi, vi = x.grads[i], x.mu[i], x.nu[i]
-        if self.samples[i] is not None:
-            gi = None if gi is None else self.sample(i, gi)
-            mi = None if mi is None else self.sample(i, mi)
-            vi = None if vi is None else self.sample(i, vi)
-        wi = self.sample(i, x.weights[i])
-        sums = dict.fromkeys(SUMS, zero)
-        sums["weight_sq"] = tf.nn.l2_loss(wi)
-        if mi is not None:
-            sums["mu_sq"] = tf.nn.l2_loss(mi)
-            sums["nu_sum"] = tf.reduce_sum(vi)
-            if gi is not None:
-                sums["ratio_sq"] = tf.nn.l2_loss(
-                    gi * tf.math.rsqrt(tf.maximum(vi, step.nu_floor)))
-            sums["nu_min"] = tf.reduce_min(vi)
-        if sources.exact[i]:
-            sums["update_sq_exact"] = tf.nn.l2_loss(
-                wi - self.sample(i, x.weights_before[i]))
-        if sources.decayed[i]:  # implies from_adam
-            sums["update_sq_adam"] = tf.nn.l2_loss(
-                step.alpha * mi / (tf.sqrt(vi) + step.epsilon)
-                + step.lr * step.weight_decay * wi)
-        elif sources.from_adam[i]:  # alpha^2 is applied to the sum
-            sums["update_sq_adam"] = tf.nn.l2_loss(
-                mi / (tf.sqrt(vi) + step.epsilon))
-        return tf.stack([sums[name] for name in SUMS])
+        def sample(t):
+            return None if t is None else self.sample(i, t)
+
+        return _sums(
+            _Reductions(half_sq=tf.nn.l2_loss, total=tf.reduce_sum,
+                        least=tf.reduce_min, zero=tf.constant(0.0)),
+            sample(x.grads[i]), sample(x.mu[i]), sample(x.nu[i]),
+            sample(x.weights[i]), sample(x.weights_before[i]), sources, i,
+            step, axis=0)
 
     def _scaled_sums(self, raw, sources, step):
         """The sums of `raw` [V, len(SUMS)] over whole tensors, by name.

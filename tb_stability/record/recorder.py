@@ -46,7 +46,7 @@ from tb_stability.record.guard import Guard
 from tb_stability.record.resume import rows_before_resume
 from tb_stability.record.rings import Rings, ring_capacity
 from tb_stability.record.runtime import (
-    cond,
+    gated_cond,
     is_chief,
     logger,
     replica_count,
@@ -314,10 +314,10 @@ class Recorder:
         median_carry = self.rings.median.read_value()
         F = vstats.input_rows
 
-        def full():
+        def full(grads, weights_before, grad_sq, median_carry, count, hot):
             with_median = tf.logical_or(
                 tf.equal(count % config.effective_median_every, 0),
-                tf.logical_or(first, hot))
+                tf.logical_or(count < config.first_steps, hot))
             stats, rows, medians = vstats.compute(
                 grads, weights_before=weights_before, with_median=with_median,
                 median_carry=median_carry, grad_sq=grad_sq)
@@ -330,10 +330,11 @@ class Recorder:
                     tf.constant(np.full([F], np.nan, np.float32)),
                     median_carry, tf.constant(GLOBAL_LIGHT))
 
+        args = (grads, weights_before, grad_sq, median_carry, count, hot)
         stats_every = config.effective_stats_every
         if stats_every == 1:
             computed = tf.constant(True)
-            stats, input_rows, medians, glob = full()
+            stats, input_rows, medians, glob = full(*args)
         else:
             finite = tf.logical_and(tf.math.is_finite(loss),
                                     tf.math.is_finite(grad_norm))
@@ -341,7 +342,8 @@ class Recorder:
                 tf.logical_or(first, hot),
                 tf.logical_or(tf.equal(count % stats_every, 0),
                               tf.logical_not(finite)))
-            stats, input_rows, medians, glob = cond(computed, full, light)
+            stats, input_rows, medians, glob = gated_cond(
+                computed, full, light, args)
         return _StepStats(computed, stats, input_rows, medians,
                           dict(zip(GLOBAL_FROM_STATS, tf.unstack(glob))))
 

@@ -1,6 +1,8 @@
 """Where the recording code runs: XLA or not, replicas, the chief worker.
 
-Also a `tf.cond` that stays cheap inside a `tf.function`, and the package's
+Also a `tf.cond` that stays cheap inside a `tf.function` (`cond`, and
+`gated_cond` for the step's statistics, which holds no gradient through the
+optimizer's update), and the package's
 warn-once log: instrumentation must never spam, so a warning is logged once
 per distinct key.
 """
@@ -45,6 +47,63 @@ def cond(pred, true_fn, false_fn):
         if op.type in ("If", "StatelessIf"):
             keras_internals.keep_if_node(op)
     return out
+
+
+def gated_cond(pred, true_fn, false_fn, args):
+    """`cond(pred, lambda: true_fn(*args), false_fn)`, holding no input long.
+
+    An `If` node keeps a reference to each of its inputs until it runs. The
+    recording's `If` runs after the optimizer's update (it reads the new
+    moments), so it held every gradient through the update, and Keras's
+    Adam could no longer compute `g - m` in the gradient's own buffer: on
+    100 small variables that cost more than all of the recording. Here each
+    tensor of `args` passes a `Switch` on `pred` as soon as it exists,
+    `true_fn` runs as one function call that is skipped whole when `pred`
+    is false, and `Merge` nodes pick the branch taken: a step not taken
+    releases the gradients at once and costs one `Switch` per tensor.
+
+    Eagerly, under XLA (which compiles a conditional without these costs)
+    and in a replica context of a distribution strategy (a nested function
+    there cannot read its variables) this is `cond`.
+
+    Args:
+      pred: bool scalar tensor.
+      true_fn: called with `args` (a nest of tensors, None or Python
+        values; only tensors are switched).
+      false_fn: called with no argument; its outputs must have the
+        structure and dtypes of `true_fn`'s.
+      args: the arguments of `true_fn` (a tuple).
+
+    Returns:
+      The outputs of the branch taken.
+    """
+    if tf.executing_eagerly() or in_xla_context() or tf.distribute.has_strategy():
+        return cond(pred, lambda: true_fn(*args), false_fn)
+    flat = tf.nest.flatten(args, expand_composites=True)
+    tensor_at = [i for i, a in enumerate(flat) if isinstance(a, tf.Tensor)]
+    pivot_false, pivot_true = tf.raw_ops.Switch(data=pred, pred=pred)
+    # A control edge carries the deadness of one output only from a node
+    # with one output: an Identity of the Switch's false output.
+    pivot_false = tf.identity(pivot_false)
+    switched = [tf.raw_ops.Switch(data=flat[i], pred=pred)[1] for i in tensor_at]
+
+    def call_true(pivot, *tensors):
+        del pivot  # only there to make the call dead when pred is false
+        values = list(flat)
+        for i, t in zip(tensor_at, tensors):
+            values[i] = t
+        return true_fn(*tf.nest.pack_sequence_as(args, values,
+                                                 expand_composites=True))
+
+    call = tf.function(call_true, autograph=False,
+                       experimental_attributes={"_noinline": True})
+    out_true = call(pivot_true, *switched)
+    with tf.control_dependencies([pivot_false]):
+        # Ops made here (constants too) are dead when pred is true.
+        out_false = tf.nest.map_structure(tf.identity, false_fn())
+    merged = [tf.raw_ops.Merge(inputs=[f, t])[0] for f, t in zip(
+        tf.nest.flatten(out_false), tf.nest.flatten(out_true))]
+    return tf.nest.pack_sequence_as(out_false, merged)
 
 
 def replica_count():

@@ -314,10 +314,11 @@ class Recorder:
         median_carry = self.rings.median.read_value()
         F = vstats.input_rows
 
-        def full(grads, weights_before, grad_sq, median_carry, count, hot):
+        def full(grads, weights_before, grad_sq, median_carry, count, first,
+                 hot):
             with_median = tf.logical_or(
                 tf.equal(count % config.effective_median_every, 0),
-                tf.logical_or(count < config.first_steps, hot))
+                tf.logical_or(first, hot))
             stats, rows, medians = vstats.compute(
                 grads, weights_before=weights_before, with_median=with_median,
                 median_carry=median_carry, grad_sq=grad_sq)
@@ -330,7 +331,7 @@ class Recorder:
                     tf.constant(np.full([F], np.nan, np.float32)),
                     median_carry, tf.constant(GLOBAL_LIGHT))
 
-        args = (grads, weights_before, grad_sq, median_carry, count, hot)
+        args = (grads, weights_before, grad_sq, median_carry, count, first, hot)
         stats_every = config.effective_stats_every
         if stats_every == 1:
             computed = tf.constant(True)

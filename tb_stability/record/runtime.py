@@ -63,8 +63,8 @@ def gated_cond(pred, true_fn, false_fn, args):
     releases the gradients at once and costs one `Switch` per tensor.
 
     Eagerly, under XLA (which compiles a conditional without these costs)
-    and in a replica context of a distribution strategy (a nested function
-    there cannot read its variables) this is `cond`.
+    and under a distribution strategy (where the recorder keeps out of
+    nested functions, see `Recorder.push`) this is `cond`.
 
     Args:
       pred: bool scalar tensor.

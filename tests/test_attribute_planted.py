@@ -294,3 +294,58 @@ def test_instability_with_large_updates_is_the_learning_rate():
     run.glob[:, GLOBAL["update_ratio"]] = 1e-3
     a = next(a for a in analyze_run(run) if a["kind"] in ("instability", "plateau"))
     assert all(c["cause"] != causes.LEARNING_RATE for c in a["causes"])
+
+
+def _adam_blowups(geometric=True, n=1600):
+    """Adam(epsilon=1e-10) near a loss of 1e-16: from step 900 the loss blows
+    up to 1e-6 three times, each time falling back only to 1e-13 (an
+    `instability`), RMS(g²/v̂) above 1 for the 4 steps before each peak; the
+    rises are geometric (50 steps, a constant factor) or, not, jumps."""
+    run = _run(n=n, optimizer={"name": "Adam", "adam": True, "epsilon": 1e-10})
+    rng = np.random.default_rng(1)
+    y = np.full(n, -16.0) + rng.normal(0, 0.2, n)
+    y[:400] = np.linspace(0, -16, 400) + rng.normal(0, 0.2, 400)
+    run.glob[:, GLOBAL["rms_ratio_max"]] = 0.3
+    run.detail[:, :, STAT["rms_ratio"]] = 0.3
+    level = -16.0
+    for start in (900, 1150, 1400):
+        peak = start + 50
+        y[start:peak] = np.linspace(level, -6, 50) if geometric else -6.0
+        y[peak:peak + 150] = np.linspace(-6, -13, 150)[:n - peak]
+        y[peak + 150:] = -13.0
+        run.glob[peak - 4:peak + 2, GLOBAL["rms_ratio_max"]] = 3.0
+        run.detail[peak - 4:peak + 2, 0, STAT["rms_ratio"]] = 3.0
+        level = -13.0
+    run.glob[:, GLOBAL["loss"]] = 10.0 ** y
+    return run
+
+
+def test_recurring_geometric_blowups_under_adam_are_adam_epsilon():
+    """A train of geometric blow-ups that never settles back (an instability)
+    is Adam's decayed second moment, judged on its first rise; the same
+    instability made of jumps names no cause."""
+    (a,) = analyze_run(_adam_blowups())
+    assert a["kind"] == "instability"
+    top = a["causes"][0]
+    assert top["cause"] == causes.ADAM_EPSILON, a["causes"]
+    # RMS(g²/v̂) crossed from step 946, the first rise's top is step 949.
+    assert top["variable"] == "m/d0/kernel" and top["lead_steps"] == 3
+    assert any("3 times" in e for e in top["evidence"]), top["evidence"]
+    (a,) = analyze_run(_adam_blowups(geometric=False))
+    assert a["kind"] == "instability"
+    assert all(c["cause"] != causes.ADAM_EPSILON for c in a["causes"]), a["causes"]
+
+
+def test_an_early_blowup_the_run_learned_past_is_no_learning_rate_evidence():
+    """Large updates before a blow-up at step 12, then 16 decades of progress:
+    that blow-up did not destabilise the run 900 steps later."""
+    run = _adam_blowups(geometric=False)
+    run.glob[12:15, GLOBAL["loss"]] = 30.0  # 3x above the start, at step 12
+    run.glob[:12, GLOBAL["update_ratio"]] = 0.13
+    (a,) = [a for a in analyze_run(run) if a["kind"] == "instability"]
+    assert all(c["cause"] != causes.LEARNING_RATE for c in a["causes"]), a["causes"]
+    # Without the progress after it, the same blow-up is the evidence.
+    stuck = np.random.default_rng(2).normal(0, 0.05, len(run.steps) - 15)
+    run.glob[15:, GLOBAL["loss"]] = 5.0 * np.exp(stuck)  # stalled above its best
+    found = [a for a in analyze_run(run) if a["kind"] in ("instability", "plateau")]
+    assert found and found[0]["causes"][0]["cause"] == causes.LEARNING_RATE, found

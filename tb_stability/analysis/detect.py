@@ -171,7 +171,7 @@ def _envelope(seg):
     return seg, np.lib.stride_tricks.sliding_window_view(pad, ENVELOPE).max(axis=1)
 
 
-def _train_onsets(y, onset, stop, b, high):
+def train_onsets(y, onset, stop, b, high):
     """Onsets of the spikes inside one excursion [onset, stop).
 
     Judged on the loss's running maximum (`_envelope`: the tail of a spike
@@ -248,7 +248,7 @@ def _excursions(steps, loss, y, base, scale, stop_at=None, early=None):
     that never recovers is a divergence. A divergence that follows a spike
     before the loss settled takes the spike as its onset (one blow-up, one
     anomaly); inside an excursion every re-rise of a train is a spike of its
-    own (`_train_onsets`). On the `early` rows (`_early`) the limit is
+    own (`train_onsets`). On the `early` rows (`_early`) the limit is
     `EARLY_DECADES` above the first loss.
     """
     n = len(y)
@@ -280,7 +280,7 @@ def _excursions(steps, loss, y, base, scale, stop_at=None, early=None):
         if stop_at is not None and end is not None and end >= stop_at:
             end = None
         stop = end if end is not None else (stop_at if stop_at is not None else n)
-        starts = _train_onsets(y, onset, stop, b, b + limit[first])
+        starts = train_onsets(y, onset, stop, b, b + limit[first])
         if end is None and len(starts) == 1 and found and found[-1].end_step is not None \
                 and _hovered(steps, y, found[-1], onset, floor):
             spike = found.pop()

@@ -22,6 +22,14 @@ than one step; a one-step excursion is the batch's): a score starting at
   `EFF_STEP_RISE` times between up to `EFF_LOOKBACK_STEPS` before the onset
   and the onset, over at least `EFF_MIN_ROWS` rows, + `EFF_STEP_BONUS`.
 
+An `instability` is judged on its first rise (from its onset to the top of
+that rise, before the loss falls back by half its height: the split of
+`detect`'s spike trains): the loss blowing up, partly recovering and
+blowing up again, each time from far above where it was, is this mechanism
+repeating while v never decays back, and its first rise must be geometric
+(without that signature an Adam run that bounces is more likely
+`learning_rate`'s).
+
 Blamed when the score reaches `MIN_SCORE`; the confidence is the score,
 at most `MAX_CONFIDENCE`. Mechanism check: not within
 `SHOCK_AFTERMATH_ROWS` after a gradient shock (the global gradient norm
@@ -42,6 +50,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from tb_stability.analysis import causes as C
+from tb_stability.analysis import detect
 from tb_stability.analysis.context import Cause, Context, make_cause
 from tb_stability.analysis.detect import Anomaly
 from tb_stability.analysis.evidence import (
@@ -198,6 +207,19 @@ def _effective_step_rise(ctx: Context, a: Anomaly, i0: int) -> Optional[str]:
     return None
 
 
+def _first_rise(ctx: Context, a: Anomaly) -> Tuple[int, int]:
+    """(row of the top of an instability's first rise, its rises) (module doc)."""
+    i0 = ctx.idx(a.step)
+    stop = ctx.idx(a.end_step) if a.end_step is not None else len(ctx.loss)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log10(np.where(ctx.loss > 0, ctx.loss, np.nan))
+    b = float(np.log10(a.baseline)) if a.baseline > 0 else float(np.nanmin(y[:i0 + 1]))
+    starts = detect.train_onsets(y, i0, stop, b, b + detect.MIN_DECADES)
+    hi = starts[1] if len(starts) > 1 else stop
+    seg = np.where(np.isfinite(y[i0:hi]), y[i0:hi], -np.inf)
+    return (i0 + int(np.argmax(seg)) if len(seg) else i0), len(starts)
+
+
 def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
     """The adam_epsilon cause of anomaly `a`, or None (see the module doc)."""
     if not ctx.run.is_adam:
@@ -206,7 +228,7 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         half = _half_precision(ctx)
         if half is not None:
             return make_cause(C.ADAM_EPSILON, HALF_PRECISION_CONFIDENCE, [half])
-    if a.kind not in ("spike", "divergence"):
+    if a.kind not in ("spike", "divergence", "instability"):
         return None
     if _shock_before(ctx, ctx.idx(a.step)):
         return None  # v was just inflated by a gradient shock: it cannot have decayed
@@ -215,12 +237,20 @@ def check(ctx: Context, a: Anomaly) -> Optional[Cause]:
         # both fine, so the batch, not the optimizer's step, made it.
         return None
     i0, ip = ctx.idx(a.step), ctx.idx(a.peak_step)
+    rises = 1
+    if a.kind == "instability":
+        ip, rises = _first_rise(ctx, a)
     evidence: List[str] = []
     score, variable, lead = BASE_SCORE, None, None
     rise = _geometric_rise(ctx, i0, ip)
+    if rise is None and a.kind == "instability":
+        return None  # bouncing without the geometric blow-up: not this signature
     if rise is not None:
         evidence.append(rise)
         score += GEOMETRIC_BONUS
+    if rises > 1:
+        evidence.append(f"The loss blew up {rises} times from step {a.step} on, "
+                        f"each time before it was back at its level before the first.")
     if np.isfinite(ctx.initial_loss) and a.baseline < LOW_LOSS_FACTOR * ctx.initial_loss:
         evidence.append(f"Before the anomaly the loss was {fmt(a.baseline)}, "
                         f"{fmt(ctx.initial_loss / a.baseline)}x below its start.")

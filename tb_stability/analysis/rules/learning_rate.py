@@ -31,8 +31,9 @@ Evidence for a stall (`plateau`, not frozen) or an `instability`, either of
   its best so far, and the learning rate rose more than `LR_RISE` times
   over the rows before the first such blow-up (`BLOWUP_LR_CONFIDENCE`) or
   the update/weight ratio before it was above `LARGE_UPDATE_RATIO`
-  (`BLOWUP_UPDATE_CONFIDENCE`). What killed the units ranks above the dead
-  units themselves (`dead_units`);
+  (`BLOWUP_UPDATE_CONFIDENCE`); for an instability, not a blow-up the
+  loss later fell far below (the run learned past it). What killed the
+  units ranks above the dead units themselves (`dead_units`);
 - the loss jumping from step to step while it makes no progress (the
   standard deviation of its log over the anomaly at least `NOISY_LOG_STD`,
   a step-to-step swing of about 30%, where a stuck model's batch noise
@@ -219,7 +220,7 @@ def _stalled(ctx: Context, a: Anomaly) -> Optional[Cause]:
     run = ctx.run
     i0 = ctx.idx(a.step)
     evidence, confidence = [], 0.0
-    blowup = _blowup_before(ctx, i0)
+    blowup = _blowup_before(ctx, i0, past=a.kind == "instability")
     if blowup is not None:
         j, best, high = blowup
         step = int(run.steps[j])
@@ -252,7 +253,8 @@ def _stalled(ctx: Context, a: Anomaly) -> Optional[Cause]:
     return make_cause(C.LEARNING_RATE, confidence, evidence)
 
 
-def _blowup_before(ctx: Context, i0: int) -> Optional[Tuple[int, float, float]]:
+def _blowup_before(ctx: Context, i0: int, past: bool = False
+                   ) -> Optional[Tuple[int, float, float]]:
     """(row, best before, high) of the first blow-up up to row i0, or None.
 
     A blow-up is the loss at least `BLOWUP_RISE` times the best level
@@ -262,6 +264,12 @@ def _blowup_before(ctx: Context, i0: int) -> Optional[Tuple[int, float, float]]:
     swings the loss 3x from step to step: not a blow-up; with batches under
     `NOISY_MIN_BATCH` examples the running median itself must rise so).
     The first one is what killed the units; later ones are its aftermath.
+    With `past` (an instability), a blow-up the loss later got far below
+    (its best level, up to row i0, `BLOWUP_RISE` times under the level it
+    blew up from) is not one: the run learned past it, and what
+    destabilised it later is something else. Not for a stall: what a
+    blow-up killed may leave a model that still learns a constant (the
+    targets' mean) down to the plateau.
     """
     loss = ctx.loss[:i0 + 1]
     if len(loss) < 2:
@@ -288,6 +296,8 @@ def _blowup_before(ctx: Context, i0: int) -> Optional[Tuple[int, float, float]]:
             # 40x; the blow-up must lift the loss's running median too.
             ratio = np.minimum(ratio, level / prev_best)
         hits = np.flatnonzero((ratio >= BLOWUP_RISE) & (np.log(ratio) >= BLOWUP_NOISE * noise))
+        if past:  # not a blow-up the run then learned far past
+            hits = hits[best[-1] * BLOWUP_RISE >= prev_best[hits]]
     if not len(hits):
         return None
     j = int(hits[0])

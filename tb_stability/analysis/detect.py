@@ -56,7 +56,8 @@ FLOOR_ZEROS = 0.5
 FLOOR_MATERIAL = -3.0
 
 
-def _log10(loss):
+def log10_loss(loss):
+    """log10 of the loss, NaN where it is not finite or not positive."""
     loss = np.asarray(loss, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(np.isfinite(loss) & (loss > 0), np.log10(np.abs(loss)), np.nan)
@@ -472,7 +473,7 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
     n = len(steps)
     if n == 0:
         return []
-    y = _log10(loss)
+    y = log10_loss(loss)
     base, scale, early = _early(y, *baseline(y))
     found = _nonfinite(steps, loss, nonfinite, skipped)
     # Past the first non-finite step a run is broken: no spikes after it.

@@ -211,9 +211,8 @@ def _first_rise(ctx: Context, a: Anomaly) -> Tuple[int, int]:
     """(row of the top of an instability's first rise, its rises) (module doc)."""
     i0 = ctx.idx(a.step)
     stop = ctx.idx(a.end_step) if a.end_step is not None else len(ctx.loss)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.log10(np.where(ctx.loss > 0, ctx.loss, np.nan))
-    b = float(np.log10(a.baseline)) if a.baseline > 0 else float(np.nanmin(y[:i0 + 1]))
+    y = detect.log10_loss(ctx.loss)
+    b = float(np.log10(a.baseline))  # detect's baselines are powers of 10: positive
     starts = detect.train_onsets(y, i0, stop, b, b + detect.MIN_DECADES)
     hi = starts[1] if len(starts) > 1 else stop
     seg = np.where(np.isfinite(y[i0:hi]), y[i0:hi], -np.inf)

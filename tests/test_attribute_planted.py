@@ -349,3 +349,43 @@ def test_an_early_blowup_the_run_learned_past_is_no_learning_rate_evidence():
     run.glob[15:, GLOBAL["loss"]] = 5.0 * np.exp(stuck)  # stalled above its best
     found = [a for a in analyze_run(run) if a["kind"] in ("instability", "plateau")]
     assert found and found[0]["causes"][0]["cause"] == causes.LEARNING_RATE, found
+
+
+def test_gradients_that_overflow_in_a_blow_up_are_not_an_op_of_the_backward_pass():
+    """A loss growing 1e4x per step overflows float32 in the gradients while
+    it is still finite: nonfinite_gradient is that blow-up's consequence
+    (low confidence, saying so), and the step size that blew it up leads.
+    The same NaN gradient at an ordinary loss is the backward pass's."""
+    def planted(blow_up):
+        run = _run()
+        run.glob[:, GLOBAL["input_nonfinite"]] = 0
+        run.glob[:, GLOBAL["target_nonfinite"]] = 0
+        if blow_up:
+            run.glob[594:600, GLOBAL["loss"]] = 0.5 * 1e4 ** np.arange(1, 7)
+            run.glob[594:600, GLOBAL["grad_norm"]] = 1e4 ** np.arange(1, 7)
+        run.glob[600:, GLOBAL["nonfinite"]] = 5
+        run.detail[600:, 4, STAT["grad_nonfinite"]] = 5
+        return run
+    (a,) = [a for a in analyze_run(planted(True)) if a["kind"] == "nonfinite"]
+    assert a["pattern"] == "silent"
+    ranked = {c["cause"]: c for c in a["causes"]}
+    grad = ranked[causes.NONFINITE_GRADIENT]
+    assert grad["confidence"] <= 0.3 and "overflow" in " ".join(grad["evidence"])
+    assert a["causes"][0]["cause"] == causes.LEARNING_RATE, a["causes"]
+    (a,) = analyze_run(planted(False))
+    assert a["causes"][0]["cause"] == causes.NONFINITE_GRADIENT
+    assert a["causes"][0]["confidence"] >= 0.8
+
+
+def test_a_constant_prediction_from_a_linear_output_is_no_bound():
+    """A linear output can reach any target: predictions that stick far
+    from the targets are what the layers below send, not output_mismatch;
+    the same predictions after a sigmoid are."""
+    for act, mismatch in (("linear", False), ("sigmoid", True)):
+        run = _data(_run(), targets=(28.0, 44.0, 35.0), preds=(-119.0, -119.0, -119.0))
+        run.glob[:200, GLOBAL["pred_min"]] = -130.0  # it varied before
+        run.info["model"] = {"output": {"layer": "d2", "activation": act, "units": 1},
+                             "loss": {"name": "mean_squared_error"}}
+        found = analyze_run(run)
+        named = any(c["cause"] == causes.OUTPUT_MISMATCH for a in found for c in a["causes"])
+        assert named == mismatch, (act, found)

@@ -261,3 +261,47 @@ def test_a_loss_nan_on_most_batches_is_one_anomaly(seed):
     apart[[200, 500, 800]] = np.nan
     found = detect_anomalies(np.arange(1000), apart)
     assert [(a.kind, a.step) for a in found] == [("nonfinite", t) for t in (200, 500, 800)]
+
+
+
+def _mislabelled_mix(n, seed, batch=8, wrong=0.02):
+    """Per-batch cross-entropy near zero loss with a few wrong labels: most
+    batches sit near 0.02; one holding k wrong labels adds k * ln(1 / p) /
+    batch, with ln(1 / p) spread over three decades (a heavy tail: about 6 %
+    of the steps 10x to 300x the median), after a descent from 10x."""
+    rng = np.random.default_rng(seed)
+    k = rng.binomial(batch, wrong, n)
+    loss = 0.02 * np.exp(rng.normal(0, 0.3, n))
+    loss += k * 10 ** rng.uniform(-1.5, 1.5, n) / batch
+    loss[:200] *= np.logspace(1, 0, 200)
+    return loss
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_heavy_tailed_noise_band_is_no_train_of_spikes(seed):
+    """Small batches near zero loss with mislabelled examples: 10x to 300x
+    steps are the band's everyday tail, not spikes (once the band has a
+    history: 8 blocks); a step far above the band still is one, at its step."""
+    n = 3000
+    loss = _mislabelled_mix(n, seed)
+    y = np.log10(loss[300:])
+    assert np.mean(y > np.median(y) + 1) > 0.03  # the tail a 10x rule would flag
+    late = [a for a in detect_anomalies(np.arange(n), loss) if a.step >= 128]
+    assert late == []
+    planted = loss.copy()
+    planted[2000] = 1e2 * loss.max()
+    found = [a for a in detect_anomalies(np.arange(n), planted) if a.step >= 128]
+    assert [(a.kind, a.peak_step) for a in found] == [("spike", 2000)]
+
+
+@pytest.mark.parametrize("every", [40, 100])
+def test_a_regular_comb_of_spikes_is_not_the_noise_band(every):
+    """The same tall spike every few blocks, far above a quiet band, is a
+    spike each time however often it comes (a gap of decades separates it
+    from the band, where a heavy tail thins out continuously)."""
+    n = 3000
+    loss = _noisy(n, sigma=0.2, seed=every)
+    at = np.arange(300, 2900, every)
+    loss[at] *= 100.0
+    found = detect_anomalies(np.arange(n), loss)
+    assert [a.peak_step for a in found] == list(at)

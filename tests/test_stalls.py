@@ -214,3 +214,17 @@ def test_slow_steady_progress_is_no_stall(seed):
     # Without the fall it is a stall that never learned.
     flat = np.exp(math.log(0.67) + rng.normal(0, 0.06, n))
     assert _kinds(detect_anomalies(np.arange(n), flat, classes=2)) == [("plateau", "stall")]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_bimodal_batch_mix_is_not_instability(seed):
+    """Batches of 8 where about half hold a mislabelled example: the loss of
+    a step is on one of two modes 6x apart, so a block's median sits on
+    either; the blocks alternate, but no stretch returns above its best."""
+    rng = np.random.default_rng(seed)
+    n = 2000
+    dirty = rng.random(n) < 0.45
+    loss = np.where(dirty, 0.45, 0.07) * np.exp(rng.normal(0, 0.15, n))
+    loss[:200] *= np.logspace(1.2, 0, 200)
+    found = detect_anomalies(np.arange(n), loss)
+    assert [a for a in found if a.kind == "instability"] == [], found

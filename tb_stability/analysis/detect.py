@@ -46,6 +46,9 @@ ENVELOPE = 9  # steps of the running maximum a spike train is split on
 QUIET_PASSES = 4  # baselines recomputed without the excursions, at most
 TRAIN_DROP = 0.5  # a spike of a train ends once its envelope fell half its height
 ONE_STEP_DROP = 0.8  # a one-step spike: 80 % of its height gone the next step
+BAND_BLOCKS = 4 * BLOCKS  # blocks the noise band's height is judged over
+BAND_RANK = 4  # ... its height: the 4th highest of them (one block in 8)
+TOP_MARGIN = math.log10(3.0)  # a spike is 3x above the height of the noise band
 # Before the baseline exists (the first 2 blocks) the reference is the
 # first loss, the untrained model's: an excursion there rises 100x above it.
 EARLY_DECADES = 2.0
@@ -93,6 +96,44 @@ def baseline(y):
             scale_k[j] = np.nanmedian(mad[:j])
     scale_k = np.maximum(np.nan_to_num(scale_k, nan=MIN_SCALE), MIN_SCALE)
     return np.repeat(base_k, BLOCK)[:n], np.repeat(scale_k, BLOCK)[:n]
+
+
+def band_height(y):
+    """[n]: how far the noise band reaches above its median before each row (log10).
+
+    Per block, its maximum above its own median (a trend across blocks
+    does not count); of the previous BAND_BLOCKS blocks (of the blocks so
+    far before a full history exists), the BAND_RANK-th highest (the
+    highest of fewer than BLOCKS, the second of fewer than 3 * BLOCKS):
+    the height the noisiest steps of this run reach in one block of 8.
+    Where the sorted heights from the median block's up to it jump by
+    MIN_DECADES, the band ends below that gap (a comb of tall spikes, not
+    a tail of the band). An excursion lifts the blocks it is in only. NaN
+    before 2 blocks.
+    """
+    n = len(y)
+    k = -(-n // BLOCK)
+    padded = np.full(k * BLOCK, np.nan)
+    padded[:n] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        blocks = padded.reshape(k, BLOCK)
+        tops = np.nanmax(blocks, axis=1) - np.nanmedian(blocks, axis=1)
+    tops = np.where(np.isfinite(tops), tops, -np.inf)
+    top_k = np.full(k, np.nan)
+    for j in range(2, k):
+        window = np.sort(tops[max(0, j - BAND_BLOCKS):j])
+        rank = 1 if len(window) < BLOCKS else max(2, min(BAND_RANK, len(window) // BLOCKS))
+        # A tail, not a comb: the heights from the median block's up to it
+        # leave no gap of a decade (discrete spikes far above the rest of
+        # the band are spikes, however regular: the band ends below the gap).
+        upper = window[min(len(window) // 2, len(window) - rank):len(window) - rank + 1]
+        upper = upper[np.isfinite(upper)]
+        if len(upper) == 0:
+            continue
+        gaps = np.flatnonzero(np.diff(upper) >= MIN_DECADES)
+        top_k[j] = upper[gaps[0]] if len(gaps) else upper[-1]
+    return np.repeat(top_k, BLOCK)[:n]
 
 
 def _early(y, base, scale):
@@ -240,7 +281,7 @@ def _hovered(steps, y, spike, onset, floor):
     return not between - math.log10(spike.baseline) <= ONSET
 
 
-def _excursions(steps, loss, y, base, scale, stop_at=None, early=None):
+def _excursions(steps, loss, y, base, scale, stop_at=None, early=None, band=None):
     """Spikes and divergences: excursions far above the baseline.
 
     An excursion starts at a step over `max(Z * scale, MIN_DECADES)` above
@@ -250,10 +291,16 @@ def _excursions(steps, loss, y, base, scale, stop_at=None, early=None):
     before the loss settled takes the spike as its onset (one blow-up, one
     anomaly); inside an excursion every re-rise of a train is a spike of its
     own (`train_onsets`). On the `early` rows (`_early`) the limit is
-    `EARLY_DECADES` above the first loss.
+    `EARLY_DECADES` above the first loss. Where the loss's noise band is
+    heavy-tailed (`band_height`: small batches near zero loss, a few hard
+    or mislabelled examples), the limit is also `TOP_MARGIN` above the
+    band's height: a spike stands out of the band, it is not its tallest
+    steps.
     """
     n = len(y)
     limit = np.maximum(Z * scale, MIN_DECADES)
+    if band is not None:
+        limit = np.fmax(limit, band + TOP_MARGIN)
     if early is not None:
         limit = np.where(early, np.maximum(limit, EARLY_DECADES), limit)
     with np.errstate(invalid="ignore"):
@@ -364,6 +411,16 @@ def _segments(steps, loss, y, starts, stop, end, b):
     return found
 
 
+def _masked(steps, y, excursions):
+    """`y` with the rows of `excursions` (onset to end) set to NaN."""
+    quiet = y.copy()
+    for a in excursions:
+        lo = int(np.searchsorted(steps, a.step))
+        hi = len(y) if a.end_step is None else int(np.searchsorted(steps, a.end_step))
+        quiet[lo:hi] = np.nan
+    return quiet
+
+
 def _quiet_baseline(steps, y, excursions):
     """The baseline again, from the steps outside `excursions`.
 
@@ -372,12 +429,7 @@ def _quiet_baseline(steps, y, excursions):
     Where no unmasked block is in the history, the last baseline before
     carries on.
     """
-    quiet = y.copy()
-    for a in excursions:
-        lo = int(np.searchsorted(steps, a.step))
-        hi = len(y) if a.end_step is None else int(np.searchsorted(steps, a.end_step))
-        quiet[lo:hi] = np.nan
-    base, scale = baseline(quiet)
+    base, scale = baseline(_masked(steps, y, excursions))
     ok = np.isfinite(base)
     if ok.any() and not ok.all():
         last = np.maximum.accumulate(np.where(ok, np.arange(len(base)), -1))
@@ -475,6 +527,7 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
         return []
     y = log10_loss(loss)
     base, scale, early = _early(y, *baseline(y))
+    band = band_height(y)
     found = _nonfinite(steps, loss, nonfinite, skipped)
     # Past the first non-finite step a run is broken: no spikes after it.
     first_bad = None
@@ -482,7 +535,11 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
                 if not _guarded_away(steps, loss, nonfinite, guard_skipped, a)]
     if breaking:
         first_bad = int(np.searchsorted(steps, breaking[0].step))
-    excursions = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early)
+    excursions = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early,
+                             band=band)
+    # The noise band without what stood out of it at first: masking what
+    # only the quiet baselines find would hide how noisy the run is.
+    band = band_height(_masked(steps, y, excursions))
     for _ in range(QUIET_PASSES):
         # Again, against a baseline the excursions found do not inflate: a
         # spike's tail masked out of it is longer once it is judged against
@@ -490,7 +547,8 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
         if not excursions:
             break
         base, scale, early = _early(y, *_quiet_baseline(steps, y, excursions))
-        again = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early)
+        again = _excursions(steps, loss, y, base, scale, stop_at=first_bad, early=early,
+                            band=band)
         if again == excursions:
             break
         excursions = again

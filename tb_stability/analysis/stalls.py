@@ -34,7 +34,9 @@ which the noise of small-batch SGD does not move much.
 * **Chronic instability** (`instability`): the loss keeps returning far
   above the best it had reached: over `WINDOW` blocks, at least
   `HIGH_FRACTION` of them `RISE` decades (and `RISE_NOISE` times the noise
-  of a block median) above the best block before them,
+  of a block median: from the spread inside blocks, or from interleaved
+  samples of the same steps, `strided_noise`, whichever is larger) above
+  the best block before them,
   in at least `RETURNS` separate returns (each after the loss came back
   within half that of its best), while the best improves by less
   than `NET_PROGRESS` decades. Steps inside spikes and divergences already
@@ -102,6 +104,35 @@ def block_medians(y, stop):
         mad = np.nanmedian(np.abs(blocks - med[:, None]), axis=1)
         noise = 1.2533 * 1.4826 * float(np.nanmedian(mad)) / math.sqrt(size)
     return med, size, noise if math.isfinite(noise) else 0.0
+
+
+def strided_noise(y, stop, size):
+    """The standard deviation of a block median over `size` steps, from the steps' own mix.
+
+    In each stretch of `size` blocks, the medians of its `size` interleaved
+    samples (every `size`-th step, each offset once) see the same trend and
+    the same stretches of high or low loss, so their spread is what the
+    draw of the batches alone gives, whatever the shape of its distribution
+    (a mix of clean batches and batches holding a mislabelled example puts
+    a block's median on either mode). The standard deviation of those
+    medians (not a robust one: a median that sits on the rarer mode is the
+    noise looked for), median over the stretches; 0 where no stretch is
+    full.
+    """
+    span = size * size
+    full = stop // span
+    if full == 0:
+        return 0.0
+    spreads = []
+    for j in range(full):
+        chunk = np.asarray(y[j * span:(j + 1) * span], np.float64).reshape(size, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(chunk, axis=0)  # column c: steps c, c + size, ...
+            med = med[np.isfinite(med)]
+            if len(med) >= size // 2:
+                spreads.append(float(np.std(med)))
+    return float(np.median(spreads)) if spreads else 0.0
 
 
 def start_level(y, stop):
@@ -408,6 +439,7 @@ def instability(steps, loss, y, stop, masked=None):
     if masked is not None:
         yy[masked[:stop]] = np.nan
     med, size, noise = block_medians(yy, stop)
+    noise = max(noise, strided_noise(yy, stop, size))
     rise = max(RISE, RISE_NOISE * noise)
     k = len(med)
     if k < WINDOW + 2:

@@ -32,6 +32,16 @@ signs above are not the inputs': only the input kernel's gradient
 non-finite is then `nonfinite_gradient` (born in the first layer's
 backward pass), and silent weights without data NaN is not named here.
 
+Overflow: float32 holds at most 3.4e38. When, in the `OVERFLOW_ROWS`
+rows up to the onset, the loss or the global gradient norm had risen
+`OVERFLOW_DECADES` above the untrained model's (their first rows), the
+run was blowing up, and gradients, weights and moments that large
+overflow: the NaN/Inf is that blow-up's consequence, not an op of the
+backward pass nor the data. The indirect evidence of both rules then
+drops to `OVERFLOW_CONFIDENCE` and says so (what blew the loss up is the
+cause: the other rules judge it); direct evidence from non-finite data
+stays.
+
 Thresholds: counts above 0; at most `MAX_FEATURES_SHOWN` features named.
 """
 
@@ -60,6 +70,14 @@ MAX_FEATURES_SHOWN = 8
 DATA_ROWS = 2
 DATA_CONFIDENCE = 0.9
 GRADIENT_FROM_DATA_CONFIDENCE = 0.25
+# Overflow after a blow-up: the rows before the onset looked at, the rise
+# (decades above the untrained model's loss, or above the first gradient
+# norms) that makes it one, and the confidence left to the indirect evidence.
+OVERFLOW_ROWS = 32
+OVERFLOW_DECADES = 6.0
+OVERFLOW_CONFIDENCE = 0.3
+# The first rows: the untrained model's loss and gradient norm.
+FIRST_ROWS = 8
 
 
 def _nonfinite_detail(ctx: Context, a: Anomaly) -> Tuple[Optional[int], Optional[np.ndarray]]:
@@ -82,6 +100,39 @@ def _bad_grads(ctx: Context, a: Anomaly):
     return i, detail, bad, only_input
 
 
+def _log_rise(values: np.ndarray, reference: float) -> Tuple[float, Optional[int]]:
+    """(decades the largest finite positive value is above `reference`, its row)."""
+    ok = np.isfinite(values) & (values > 0)
+    if not ok.any() or not np.isfinite(reference) or reference <= 0:
+        return -np.inf, None
+    k = int(np.argmax(np.where(ok, values, -np.inf)))
+    return float(np.log10(values[k] / reference)), k
+
+
+def overflow(ctx: Context, i: int) -> Optional[str]:
+    """The sentence saying the run was blowing up into row `i`, or None.
+
+    See the module doc: the loss or the global gradient norm in the
+    `OVERFLOW_ROWS` rows up to `i` at least `OVERFLOW_DECADES` above the
+    untrained model's.
+    """
+    lo = max(0, i - OVERFLOW_ROWS)
+    for name, values in (("loss", ctx.loss), ("global gradient norm", ctx.column("grad_norm"))):
+        head = values[:FIRST_ROWS][np.isfinite(values[:FIRST_ROWS]) & (values[:FIRST_ROWS] > 0)]
+        first = float(np.median(head)) if len(head) else float("nan")
+        rise, k = _log_rise(values[lo:i + 1], first)
+        if rise >= OVERFLOW_DECADES:
+            what, value = name, values[lo + k]
+            break
+    else:
+        return None
+    return (f"The {what} had grown to {fmt(value)} by step "
+            f"{int(ctx.run.steps[lo + k])}, {fmt(value / first)}x the untrained "
+            f"model's ({fmt(first)}): values that large overflow float32 (at most "
+            f"3.4e38), so the NaN/Inf is that blow-up's consequence; its cause "
+            f"is what blew the loss up.")
+
+
 def check_gradient(ctx: Context, a: Anomaly) -> Optional[Cause]:
     """The nonfinite_gradient cause of anomaly `a`, or None (see the module doc)."""
     i, detail, bad, only_input = _bad_grads(ctx, a)
@@ -95,12 +146,17 @@ def check_gradient(ctx: Context, a: Anomaly) -> Optional[Cause]:
         f"order is {variable} ({int(detail[bad[-1], STAT['grad_nonfinite']])} "
         f"non-finite entries)."]
     confidence = GRADIENT_ONLY_INPUT_CONFIDENCE if only_input else GRADIENT_CONFIDENCE
+    blown = overflow(ctx, i)
     if data == 0:
         confidence = GRADIENT_CONFIDENCE
-        evidence.append("The step's inputs and targets were finite: the NaN/Inf "
-                        "was born in the backward pass.")
+        if blown is None:
+            evidence.append("The step's inputs and targets were finite: the NaN/Inf "
+                            "was born in the backward pass.")
     elif data is not None:
         confidence = GRADIENT_FROM_DATA_CONFIDENCE
+    if blown is not None:
+        confidence = min(confidence, OVERFLOW_CONFIDENCE)
+        evidence.append(blown)
     return make_cause(C.NONFINITE_GRADIENT, confidence, evidence, variable=variable)
 
 
@@ -167,6 +223,7 @@ def check_input(ctx: Context, a: Anomaly) -> Optional[Cause]:
     i, detail, bad, only_input = _bad_grads(ctx, a)
     if detail is None or ctx.data_nonfinite(max(0, i - DATA_ROWS), i) == 0:
         return None  # the data was measured and finite
+    blown = overflow(ctx, i)
     if only_input:
         variable = ctx.name(ctx.input_index)
         evidence = [f"Silent NaN: the loss stayed finite ({fmt(ctx.loss[i])}) at "
@@ -175,6 +232,9 @@ def check_input(ctx: Context, a: Anomaly) -> Optional[Cause]:
                     f"the error sent back from the layer, carried NaN/Inf from "
                     f"the inputs."]
         evidence += _input_features(ctx, a.step, variable)
+        if blown is not None:
+            return make_cause(C.NONFINITE_INPUT, OVERFLOW_CONFIDENCE,
+                              evidence + [blown], variable=variable)
         return make_cause(C.NONFINITE_INPUT, INPUT_GRADIENT_CONFIDENCE, evidence,
                           variable=variable)
     if bad:
@@ -184,7 +244,11 @@ def check_input(ctx: Context, a: Anomaly) -> Optional[Cause]:
     if not len(weights):
         return None
     variable = ctx.name(int(weights[0]))
-    return make_cause(C.NONFINITE_INPUT, SILENT_WEIGHTS_CONFIDENCE, [
-        f"Silent NaN: weights or optimizer moments of {variable} became "
-        f"non-finite at step {a.step} while the loss stayed finite "
-        f"({fmt(ctx.loss[i])})."], variable=variable)
+    evidence = [f"Silent NaN: weights or optimizer moments of {variable} became "
+                f"non-finite at step {a.step} while the loss stayed finite "
+                f"({fmt(ctx.loss[i])})."]
+    if blown is not None:
+        return make_cause(C.NONFINITE_INPUT, OVERFLOW_CONFIDENCE, evidence + [blown],
+                          variable=variable)
+    return make_cause(C.NONFINITE_INPUT, SILENT_WEIGHTS_CONFIDENCE, evidence,
+                      variable=variable)

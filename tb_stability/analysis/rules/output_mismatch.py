@@ -29,7 +29,9 @@ that recovers had an output able to fit):
   `BEYOND_CONFIDENCE`), or the prediction is the same for every input (its
   spread below `PINNED_SPREAD` times its scale) further than
   `MEAN_TOLERANCE` of the targets' range from their mean
-  (`PINNED_CONFIDENCE`).
+  (`PINNED_CONFIDENCE`). Not where the recorded output activation is
+  unbounded (linear, leaky_relu, ...): that output could reach the
+  targets, so the layers below it are what is stuck.
 
 A constant prediction at the targets' mean is not this cause: that is an
 output that fits as well as a dead network can (`dead_units`).
@@ -65,6 +67,8 @@ RANGES = {
     "relu6": (0.0, 6.0), "softplus": (0.0, np.inf), "exponential": (0.0, np.inf),
     "elu": (-1.0, np.inf), "selu": (-1.7581, np.inf),
 }
+# Activations without a bound: any target is within their reach.
+UNBOUNDED = ("linear", "identity", "leaky_relu")
 # Activations whose output is a probability.
 PROBABILITY_OUTPUTS = ("softmax", "sigmoid", "hard_sigmoid")
 # Losses whose targets are class indices, not values an output must reach.
@@ -117,9 +121,20 @@ def _config(ctx: Context) -> List[Tuple[float, str]]:
     return found
 
 
+def _unbounded_output(ctx: Context) -> bool:
+    """Whether the recorded output activation is one of `UNBOUNDED`.
+
+    Such an output can reach any target: predictions stuck beyond the
+    targets, or the same for every input, are then what the layers below
+    it send (dead units, weights broken by a blow-up), not a bound.
+    """
+    act = ((ctx.model or {}).get("output") or {}).get("activation")
+    return isinstance(act, str) and act.lower() in UNBOUNDED
+
+
 def _statistics(ctx: Context, a: Anomaly) -> List[Tuple[float, str]]:
     """(confidence, sentence) of what the targets and predictions show over the anomaly."""
-    if ctx.targets_are_labels():
+    if ctx.targets_are_labels() or _unbounded_output(ctx):
         return []
     i0 = ctx.idx(a.step)
     cols = {k: ctx.column(k)[i0:] for k in (

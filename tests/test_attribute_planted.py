@@ -389,3 +389,31 @@ def test_a_constant_prediction_from_a_linear_output_is_no_bound():
         found = analyze_run(run)
         named = any(c["cause"] == causes.OUTPUT_MISMATCH for a in found for c in a["causes"])
         assert named == mismatch, (act, found)
+
+
+def test_a_stall_after_an_exploding_recurrence_is_exploding_gradient():
+    """A recurrence that explodes lifts every layer's gradient with it (no
+    kernel stands out of the others), then everything collapses and the loss
+    stalls: the recurrent kernel's burst, 1e8x its first gradient and the
+    largest of all, is what killed the units. The same burst in a
+    feed-forward kernel is no such evidence."""
+    def planted(name):
+        run = _stuck(_run())
+        run.variables[2] = run.info["variables"][2]["name"] = name
+        w = 8
+        window = np.ones((w, V, len(metadata.STAT_COLUMNS), 2))
+        kernels = [0, 2, 4]
+        grad = metadata.STAT_COLUMNS.index("grad_norm")
+        window[0, kernels, grad, 0] = [3e7, 1e8, 3e7]  # the burst, in the first window
+        window[1:, :, grad, :] = 1e-9  # then the collapse
+        run.glob[200:, GLOBAL["grad_norm"]] = 1e-9
+        run.window_steps = np.arange(127, 1000, 128)[:w]
+        run.window = window
+        return run
+    (a,) = [a for a in analyze_run(planted("m/rnn/cell/recurrent_kernel"))
+            if a["kind"] == "plateau"]
+    top = a["causes"][0]
+    assert top["cause"] == causes.EXPLODING_GRADIENT, a["causes"]
+    assert top["variable"] == "m/rnn/cell/recurrent_kernel"
+    for b in analyze_run(planted("m/d1/kernel")):
+        assert all(c["cause"] != causes.EXPLODING_GRADIENT for c in b["causes"]), b

@@ -17,7 +17,11 @@ up to the stall's onset, one kernel's window-max gradient norm was over
 kernel's, whose burst is the inputs' scale: `unnormalized_inputs`), and
 on the stall its window-mean gradient is below `COLLAPSE_RATIO` times that
 burst: the layer saturated. That kernel is named (`BURST_CONFIDENCE`,
-above `dead_units`: the burst is what killed the units).
+above `dead_units`: the burst is what killed the units). An exploding
+recurrence lifts every layer's gradient with it, so no kernel stands out
+of the others: a recurrent kernel (its name says `recurrent`) whose burst
+is the largest of all kernels and over `BURST_RATIO` times its own first
+recorded gradient, then the same collapse, is that burst too.
 
 A blow-up from the first steps (no recent level to jump from): at the
 first recorded step a recurrent kernel's gradient (its name says
@@ -99,8 +103,12 @@ def _burst_then_collapse(ctx: Context, a: Anomaly) -> Optional[Cause]:
         med = float(np.nanmedian(others)) if np.isfinite(others).any() else np.nan
         if np.isfinite(peak[j]) and med > 0 and peak[j] / med > ratio:
             best, ratio = j, float(peak[j] / med)
+    against = "the other layers' median"
     if best is None or ratio < BURST_RATIO:
-        return None
+        best, ratio = _recurrent_burst(ctx, peak)
+        against = "its first gradient"
+        if best is None:
+            return None
     k = ctx.kernels[best]
     after = run.window[w:, k, STAT["grad_norm"], _MEAN]
     after = float(np.nanmedian(after)) if np.isfinite(after).any() else np.nan
@@ -109,9 +117,28 @@ def _burst_then_collapse(ctx: Context, a: Anomaly) -> Optional[Cause]:
     variable = ctx.name(k)
     return make_cause(C.EXPLODING_GRADIENT, BURST_CONFIDENCE, [
         f"The gradient norm of {variable} burst to {fmt(peak[best])}, "
-        f"{fmt(ratio)}x the other layers' median, before the stall at step "
+        f"{fmt(ratio)}x {against}, before the stall at step "
         f"{a.step}; on the stall it is {fmt(after)}: the layer saturated and "
         f"the loss stopped improving."], variable=variable)
+
+
+def _recurrent_burst(ctx: Context, peak: np.ndarray):
+    """(index into ctx.kernels, burst over its first gradient) of an exploding recurrence.
+
+    The recurrent kernel with the largest window-max gradient of all
+    kernels, over `BURST_RATIO` times its first recorded gradient; (None,
+    0.0) when there is none.
+    """
+    _, row = ctx.first_detail()
+    if row is None or not np.isfinite(peak).any():
+        return None, 0.0
+    top = int(np.nanargmax(peak))
+    k = ctx.kernels[top]
+    first = row[k, STAT["grad_norm"]]
+    if "recurrent" not in (ctx.name(k) or "") or not (np.isfinite(first) and first > 0):
+        return None, 0.0
+    ratio = float(peak[top] / first)
+    return (top, ratio) if ratio >= BURST_RATIO else (None, 0.0)
 
 
 def _first_step_recurrent(ctx: Context, a: Anomaly) -> Optional[Cause]:

@@ -305,3 +305,26 @@ def test_a_regular_comb_of_spikes_is_not_the_noise_band(every):
     loss[at] *= 100.0
     found = detect_anomalies(np.arange(n), loss)
     assert [a.peak_step for a in found] == list(at)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_blow_up_coming_back_down_when_the_run_ends_is_a_spike(seed):
+    """A rise of 8 decades, then a geometric fall that the run's end cuts
+    2 decades short of the baseline: a spike still recovering (no end step),
+    not a divergence. The same rise that stays up, or comes back only a
+    little and stops falling, is a divergence."""
+    n = 1600
+    base = _noisy(n, level=1e-10, sigma=0.2, seed=seed)
+    rise = np.arange(60)
+    def planted(after):
+        loss = base.copy()
+        loss[1000:1060] *= 10 ** (8 * rise / 60)
+        loss[1060:] *= 10 ** after(np.arange(n - 1060))
+        return detect_anomalies(np.arange(n), loss)
+    (a,) = planted(lambda t: 8 - 6 * t / (n - 1060))  # falling: 2 decades left
+    assert (a.kind, a.pattern, a.end_step) == ("spike", "recovering", None)
+    assert 1000 - 16 <= a.step <= 1060 and 1040 <= a.peak_step <= 1070
+    (a,) = planted(lambda t: 8 + 0 * t)
+    assert a.kind == "divergence"
+    # 2 decades back, then flat: a divergence (and the stall it left)
+    assert planted(lambda t: 8 - np.minimum(t, 50) * 2 / 50)[0].kind == "divergence"

@@ -13,6 +13,7 @@ KINDS = (SPIKE, DIVERGENCE, NONFINITE, PLATEAU, INSTABILITY)
 
 # Patterns: how a kind showed itself ("" when the kind says it all).
 PATTERNS = {
+    SPIKE: ("recovering",),  # the run ended while the loss was coming back down
     NONFINITE: ("loss", "silent"),  # the loss itself / only gradients, weights, moments
     PLATEAU: ("chance", "stall", "frozen"),  # at ln C / elsewhere / nothing moves
 }
@@ -40,7 +41,9 @@ class Anomaly:
         finite while gradients, weights or moments are not); plateau
         "chance" (at ln C, or B·ln C for a summed loss), "stall" (at another
         level: no progress since the start, or progress lost), "frozen"
-        (the loss constant to many digits, or every gradient exactly zero).
+        (the loss constant to many digits, or every gradient exactly zero);
+        spike "recovering" (the run ended before the loss was back, while
+        it was still coming down: no end step yet).
     """
 
     kind: str

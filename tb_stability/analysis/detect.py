@@ -40,6 +40,9 @@ Z = 6.0  # ... and 6 robust standard deviations
 MIN_SCALE = 0.02  # decades: floor of the robust scale
 RECOVERED = math.log10(3.0)  # back within 3x of the baseline: recovered
 ONSET = math.log10(2.0)  # onset: the first step 2x above the baseline
+# An unrecovered excursion whose loss, when the run ends, fell half its
+# height from its peak and is still falling is a spike coming back down.
+RECOVERING_SHARE = 0.5
 MAX_NONFINITE = 20  # nonfinite anomalies reported per run, at most
 NONFINITE_GAP = BLOCK  # rows: non-finite steps closer than this are one anomaly
 ENVELOPE = 9  # steps of the running maximum a spike train is split on
@@ -337,6 +340,8 @@ def _excursions(steps, loss, y, base, scale, stop_at=None, early=None, band=None
         segments = _segments(steps, loss, y, starts, stop, end, b)
         if end is None and _wandering(segments):
             segments = [_instability(steps, loss, y, starts[0], stop, b)]
+        elif end is None and stop == n and segments[-1].kind == "divergence":
+            segments[-1] = _recovering(steps, loss, y, segments[-1], b)
         found += segments
         if end is None:
             break
@@ -357,6 +362,36 @@ def _wandering(segments):
     first = segments[0].severity
     late = segments[len(segments) // 2:]
     return max(a.severity for a in late) < first + MIN_DECADES
+
+
+def _recovering(steps, loss, y, a, b):
+    """Divergence `a`, or the spike it is when the run ended while the loss came back.
+
+    Coming back: the last block's median at least RECOVERING_SHARE of the
+    excursion's height (in decades, and MIN_DECADES) below its highest
+    point, and still falling, ONSET below the block 3 blocks before it
+    (at least 4 blocks after the highest point). Such a
+    spike has no end step yet (pattern "recovering").
+    """
+    lo = int(np.searchsorted(steps, a.step))
+    seg = y[lo:]
+    finite = np.flatnonzero(np.isfinite(seg))
+    if len(finite) < 3 * BLOCK:
+        return a
+    top = int(np.nanargmax(seg))
+    if len(seg) - top < 4 * BLOCK:
+        return a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        last = np.nanmedian(seg[-BLOCK:])
+        before = np.nanmedian(seg[-4 * BLOCK:-3 * BLOCK])
+    height = seg[top] - b
+    fell = seg[top] - last
+    if not (fell >= max(RECOVERING_SHARE * height, MIN_DECADES) and before - last >= ONSET):
+        return a
+    return dataclasses.replace(a, kind="spike", pattern="recovering",
+                               peak_step=int(steps[lo + top]), severity=float(height),
+                               peak_value=float(loss[lo + top]))
 
 
 def _instability(steps, loss, y, lo, stop, b):

@@ -343,7 +343,8 @@ def _what(a):
         so_far = " so far" if a.get("end_step") is None else ""
         return f"non-finite {where}, {steps} step{'s' if steps != 1 else ''}{so_far}"
     if kind in ("spike", "divergence") and ratio is not None:
-        so_far = ", not back down so far" if kind == "divergence" else ""
+        so_far = ", not back down so far" if kind == "divergence" else (
+            ", coming back down" if a.get("pattern") == "recovering" else "")
         return (f"{kind} x{ratio:.2g} (loss {base:.3g} -> {peak:.3g} at step "
                 f"{a['peak_step']}{so_far})")
     if kind == "plateau":

@@ -328,3 +328,19 @@ def test_a_blow_up_coming_back_down_when_the_run_ends_is_a_spike(seed):
     assert a.kind == "divergence"
     # 2 decades back, then flat: a divergence (and the stall it left)
     assert planted(lambda t: 8 - np.minimum(t, 50) * 2 / 50)[0].kind == "divergence"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_slow_divergence_is_found(seed):
+    """The loss climbs from its best to 40x it over the last 1,000 steps,
+    never 10x above the recent baseline (the baseline climbs with it): a
+    divergence from where the climb began; the same run without the climb
+    has no anomaly."""
+    n = 2000
+    loss = _noisy(n, level=0.5, sigma=0.3, seed=seed)
+    climbing = loss.copy()
+    climbing[1000:] *= np.logspace(0, 1.6, 1000)
+    found = detect_anomalies(np.arange(n), climbing)
+    assert [a.kind for a in found] == ["divergence"], found
+    assert 1000 <= found[0].step <= 1400 and found[0].end_step is None
+    assert detect_anomalies(np.arange(n), loss) == []

@@ -394,6 +394,65 @@ def _recovering(steps, loss, y, a, b):
                                peak_value=float(loss[lo + top]))
 
 
+def _creep(steps, loss, y, excursions):
+    """`excursions`, with the slow divergence the run ended in, if any.
+
+    A rise that no step of it is 10x above the recent baseline (the
+    baseline climbs with it), judged on block medians (spikes left out),
+    on a 3-block running median: the last 2 blocks' median is at least
+    MIN_DECADES above the best level before them, and still rising, ONSET
+    above the level halfway from the rise's onset (the last block within
+    ONSET of that best) to the end, at least 4 blocks later. Spikes after
+    that onset are part of its rise, and a spike the loss hovered above
+    until it is its first rise (`_hovered`). Not where the loss is exactly
+    0 on some of the last 2 blocks' steps: at float's floor, its positive
+    values are rounding remnants.
+    """
+    n = len(y)
+    med, size, _ = stalls.block_medians(_masked(steps, y, excursions), n)
+    k = len(med)
+    if k < 8:
+        return excursions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pad = np.concatenate([[np.nan], med, [np.nan]])
+        smooth = np.nanmedian(np.lib.stride_tricks.sliding_window_view(pad, 3), axis=1)
+        final = np.nanmedian(y[(k - 2) * size:])
+    head = smooth[:k - 2]
+    if not np.isfinite(head).any() or not np.isfinite(final):
+        return excursions
+    j_best = int(np.nanargmin(head))
+    best = head[j_best]
+    if final - best < MIN_DECADES:
+        return excursions
+    if np.any(np.asarray(loss[(k - 2) * size:], np.float64) == 0.0):
+        return excursions  # a loss exactly 0 on some batches: rounding remnants
+    near = np.flatnonzero(head[j_best:] <= best + ONSET)
+    j0 = j_best + int(near[-1]) + 1
+    mid = smooth[(j0 + k) // 2]
+    if k - j0 < 4 or not (np.isfinite(mid) and final - mid >= ONSET):
+        return excursions
+    onset = j0 * size
+    found = list(excursions)
+    inside = [a for a in found if a.step >= steps[onset]]
+    if inside:  # spikes of its rise are the rise
+        found = [a for a in found if a not in inside]
+    earlier = [a for a in found if a.end_step is not None and a.step < steps[onset]]
+    if earlier and _hovered(steps, y, earlier[-1], onset, 0):
+        spike = earlier[-1]
+        found.remove(spike)
+        onset = int(np.searchsorted(steps, spike.step))
+        best = math.log10(spike.baseline)
+    seg = y[onset:]
+    with np.errstate(invalid="ignore"):
+        peak = onset + int(np.flatnonzero(seg >= np.nanmax(seg) - RECOVERED)[0])
+    found.append(Anomaly(
+        kind="divergence", step=int(steps[onset]), peak_step=int(steps[peak]),
+        end_step=None, severity=float(y[peak] - best), baseline=float(10 ** best),
+        peak_value=float(loss[peak])))
+    return sorted(found, key=lambda a: a.step)
+
+
 def _instability(steps, loss, y, lo, stop, b):
     """The unrecovered excursion [lo, stop) as one `instability` anomaly."""
     seg = y[lo:stop]
@@ -594,8 +653,10 @@ def detect_anomalies(steps, loss, *, nonfinite=None, classes=None,
         excursions = [a for a in excursions if not (
             a.end_step is None and early[int(np.searchsorted(steps, a.step))]
             and first_bad - int(np.searchsorted(steps, a.step)) <= BLOCK)]
-    found += excursions
     stop = n if first_bad is None else first_bad
+    if first_bad is None and not any(a.end_step is None for a in excursions):
+        excursions = _creep(steps, loss, y, excursions)
+    found += excursions
     diverged = [a for a in excursions if a.end_step is None]
     frozen = stalls.frozen(steps, loss, y, stop, grad_norm)
     found += frozen

@@ -341,6 +341,6 @@ def test_a_slow_divergence_is_found(seed):
     climbing = loss.copy()
     climbing[1000:] *= np.logspace(0, 1.6, 1000)
     found = detect_anomalies(np.arange(n), climbing)
-    assert [a.kind for a in found] == ["divergence"], found
+    assert [(a.kind, a.pattern) for a in found] == [("divergence", "slow")], found
     assert 1000 <= found[0].step <= 1400 and found[0].end_step is None
     assert detect_anomalies(np.arange(n), loss) == []

@@ -14,6 +14,7 @@ KINDS = (SPIKE, DIVERGENCE, NONFINITE, PLATEAU, INSTABILITY)
 # Patterns: how a kind showed itself ("" when the kind says it all).
 PATTERNS = {
     SPIKE: ("recovering",),  # the run ended while the loss was coming back down
+    DIVERGENCE: ("slow",),  # a climb to the end that no single step shows
     NONFINITE: ("loss", "silent"),  # the loss itself / only gradients, weights, moments
     PLATEAU: ("chance", "stall", "frozen"),  # at ln C / elsewhere / nothing moves
 }
@@ -43,7 +44,9 @@ class Anomaly:
         level: no progress since the start, or progress lost), "frozen"
         (the loss constant to many digits, or every gradient exactly zero);
         spike "recovering" (the run ended before the loss was back, while
-        it was still coming down: no end step yet).
+        it was still coming down: no end step yet); divergence "slow" (a
+        climb to the end of the run, 10x above its best level, that no
+        single step shows against the baseline climbing with it).
     """
 
     kind: str

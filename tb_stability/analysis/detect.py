@@ -404,7 +404,8 @@ def _creep(steps, loss, y, excursions):
     above the level halfway from the rise's onset (the last block within
     ONSET of that best) to the end, at least 4 blocks later. Spikes after
     that onset are part of its rise, and a spike the loss hovered above
-    until it is its first rise (`_hovered`). Not where the loss is exactly
+    until it is its first rise (`_hovered`). Its pattern is "slow". Not
+    where the loss is exactly
     0 on some of the last 2 blocks' steps: at float's floor, its positive
     values are rounding remnants.
     """
@@ -449,7 +450,7 @@ def _creep(steps, loss, y, excursions):
     found.append(Anomaly(
         kind="divergence", step=int(steps[onset]), peak_step=int(steps[peak]),
         end_step=None, severity=float(y[peak] - best), baseline=float(10 ** best),
-        peak_value=float(loss[peak])))
+        peak_value=float(loss[peak]), pattern="slow"))
     return sorted(found, key=lambda a: a.step)
 
 

@@ -19,10 +19,12 @@ an onset found up to that many rows late still has its rows before it.
 Which steps are computed in full is still the detector's decision: this
 only chooses rows to keep.
 
-Only the kinds judged against a local baseline are taken (`LOCAL_KINDS`). A
-plateau is judged on the whole run (its first loss, the best it reached,
-its end), which the history does not hold, and it is known only once it is
-long, its onset far older than the rings. So the rows where the loss
+Only the kinds judged against a local baseline are taken (`LOCAL_KINDS`;
+not a slow divergence, pattern "slow", judged against the best level the
+run reached, which the history may not hold). A plateau is judged on the
+whole run (its first loss, the best it reached, its end), which the
+history does not hold, and it is known only once it is long, its onset
+far older than the rings. So the rows where the loss
 stopped moving are kept instead (`stalls.flat_onset`: the stall's test of
 flatness without its judgement of the level), once per flat stretch at a
 new level: a converged run keeps them too, one span of detail rows for
@@ -176,7 +178,7 @@ class Recheck:
             skipped=skipped, pred_spread=self._spread[:n])
         judged_from = positions[0] + (0 if self._complete else CONTEXT)
         rows = {int(pos) - self._offset
-                for a in anomalies if a.kind in LOCAL_KINDS
+                for a in anomalies if a.kind in LOCAL_KINDS and a.pattern != "slow"
                 for pos in (a.step, a.peak_step) if pos >= judged_from}
         flat = self._flat_row(positions)
         if flat is not None:
